@@ -1,0 +1,163 @@
+"""The config schema (registered in Hydra's ConfigStore) and the checks run before any work.
+
+Hydra checks keys and types against these dataclasses when it composes the config;
+``validate`` checks the values (known backends and dtypes, positive sizes, a grid of a sane
+size) and raises ``ConfigError`` with one line naming the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+DTYPES = ("float16", "bfloat16", "float32")
+MODES = ("fwd", "fwd_bwd")
+WORKLOADS = ("attention", "encoder")
+ISOLATION = ("pool", "task")
+DEVICES = ("auto", "cuda", "cpu")
+RERUN = ("none", "failed", "all")
+
+
+class ConfigError(ValueError):
+    """A bad config value: the message is one line that names it."""
+
+
+@dataclass
+class GridConfig:
+    backends: list[str] = MISSING
+    seq_lens: list[int] = MISSING
+    batch_sizes: list[int] = MISSING
+    head_dims: list[int] = MISSING
+    num_heads: Optional[list[int]] = None  # heads per cell; or derive them from model_dim
+    model_dim: Optional[int] = None  # heads = model_dim // head_dim for each head size
+    dtypes: list[str] = MISSING
+    causal: list[bool] = field(default_factory=lambda: [True])
+    modes: list[str] = field(default_factory=lambda: ["fwd"])
+    accelerators: Optional[list[str]] = None  # Ray accelerator types; null: any free GPU
+
+
+@dataclass
+class MeasureConfig:
+    warmup_iters: int = 3
+    warmup_ms: float = 100.0
+    budget_ms: float = 500.0  # time spent in timed calls, within [min_iters, max_iters]
+    min_iters: int = 10
+    max_iters: int = 1000
+    flush_l2: bool = True
+    memory: bool = True
+    accuracy: bool = True
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    isolation: str = "pool"  # pool: an actor per GPU forks a child per cell; task: a Ray task per cell
+    cell_timeout_s: float = 300.0
+    retries: int = 1  # for crashed and timed-out cells
+    rerun: str = "none"  # none: resume; failed: also error/crashed/timeout; all: everything
+    max_cells: int = 20000
+    device: str = "auto"  # auto: cuda on GPU slots, cpu otherwise; cpu: measure on the CPU anyway
+    cpu_workers: int = 1  # cells at once on a cluster with no GPU
+    cpus_per_gpu_cell: float = 0.01
+    progress: bool = True
+
+
+@dataclass
+class StoreConfig:
+    path: str = "outputs/results"
+    compact: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # null: start a local cluster; "auto" or host:port: join one
+    num_cpus: Optional[int] = None  # local cluster only
+    num_gpus: Optional[int] = None  # local cluster only (limit, or fake GPUs for tests)
+    init: dict[str, Any] = field(default_factory=dict)  # more ray.init keyword arguments
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True
+    baseline: str = "math"
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    sweep_name: str = "default"
+    workload: str = "attention"
+    grid: GridConfig = field(default_factory=GridConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _positive(name: str, values, allow_none=False) -> None:
+    if values is None and allow_none:
+        return
+    if not values:
+        raise ConfigError(f"{name} is empty: give at least one value")
+    for i, v in enumerate(values):
+        if v <= 0:
+            raise ConfigError(f"{name}[{i}] = {v}: must be a positive integer")
+
+
+def _member(name: str, values, allowed) -> None:
+    if not values:
+        raise ConfigError(f"{name} is empty: give at least one value")
+    for i, v in enumerate(values):
+        if v not in allowed:
+            raise ConfigError(f"{name}[{i}] = {v!r}: unknown; choose from {', '.join(allowed)}")
+
+
+def validate(cfg) -> None:
+    """Raise ConfigError on the first bad value; return quietly if all is well."""
+    from tasks.backends import names  # torch is imported here, not by Hydra's composition
+
+    g = cfg.grid
+    _member("grid.backends", g.backends, names())
+    _positive("grid.seq_lens", g.seq_lens)
+    _positive("grid.batch_sizes", g.batch_sizes)
+    _positive("grid.head_dims", g.head_dims)
+    _member("grid.dtypes", g.dtypes, DTYPES)
+    _member("grid.modes", g.modes, MODES)
+    if not g.causal:
+        raise ConfigError("grid.causal is empty: give at least one value")
+    if (g.num_heads is None) == (g.model_dim is None):
+        raise ConfigError("set exactly one of grid.num_heads and grid.model_dim")
+    _positive("grid.num_heads", g.num_heads, allow_none=True)
+    if g.model_dim is not None:
+        for d in g.head_dims:
+            if g.model_dim <= 0 or g.model_dim % d:
+                raise ConfigError(f"grid.model_dim = {g.model_dim}: not a positive multiple of head dim {d}")
+    if cfg.workload not in WORKLOADS:
+        raise ConfigError(f"workload = {cfg.workload!r}: unknown; choose from {', '.join(WORKLOADS)}")
+    r = cfg.run
+    if r.isolation not in ISOLATION:
+        raise ConfigError(f"run.isolation = {r.isolation!r}: choose from {', '.join(ISOLATION)}")
+    if r.device not in DEVICES:
+        raise ConfigError(f"run.device = {r.device!r}: choose from {', '.join(DEVICES)}")
+    if r.rerun not in RERUN:
+        raise ConfigError(f"run.rerun = {r.rerun!r}: choose from {', '.join(RERUN)}")
+    for key in ("cell_timeout_s", "cpu_workers", "max_cells"):
+        if getattr(r, key) <= 0:
+            raise ConfigError(f"run.{key} = {getattr(r, key)}: must be positive")
+    if r.retries < 0:
+        raise ConfigError(f"run.retries = {r.retries}: must be 0 or more")
+    m = cfg.measure
+    for key in ("warmup_iters", "min_iters", "max_iters", "budget_ms"):
+        if getattr(m, key) <= 0:
+            raise ConfigError(f"measure.{key} = {getattr(m, key)}: must be positive")
+    if m.min_iters > m.max_iters:
+        raise ConfigError(f"measure.min_iters = {m.min_iters} exceeds measure.max_iters = {m.max_iters}")
+    if not cfg.store.path:
+        raise ConfigError("store.path is empty")

@@ -1,0 +1,56 @@
+"""Grid expansion: a pure function from the config to the list of cells. No Ray, no torch."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: everything that decides what is measured, and nothing else."""
+
+    workload: str
+    backend: str
+    mode: str
+    dtype: str
+    causal: bool
+    head_dim: int
+    num_heads: int
+    batch_size: int
+    seq_len: int
+    target: str = "any"  # the accelerator type the cell must run on ("any": whichever is free)
+
+    @property
+    def cell_id(self) -> str:
+        """Stable across runs, machines and Python versions: a hash of the parameters."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+def heads_for(grid, head_dim: int) -> list[int]:
+    if grid.model_dim is not None:
+        return [grid.model_dim // head_dim]
+    return list(grid.num_heads)
+
+
+def expand(cfg, default_target: str = "any") -> list[Cell]:
+    """Every combination of the grid's axes, in a stable order, duplicates removed.
+
+    The order puts the cheapest cells of each group first, so a sweep reports early.
+    """
+    g = cfg.grid
+    targets = list(g.accelerators) if g.accelerators else [default_target]
+    cells = {}
+    for target, dtype, causal, mode, head_dim, batch, seq, backend in itertools.product(
+        targets, g.dtypes, g.causal, g.modes, g.head_dims, g.batch_sizes, sorted(g.seq_lens), g.backends
+    ):
+        for heads in heads_for(g, head_dim):
+            cell = Cell(cfg.workload, backend, mode, dtype, bool(causal), head_dim, heads, batch, seq, target)
+            cells.setdefault(cell.cell_id, cell)
+    return list(cells.values())

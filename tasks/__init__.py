@@ -1,0 +1,1 @@
+"""What runs inside one grid cell, on one device. Importable without Ray."""

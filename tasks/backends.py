@@ -1,0 +1,115 @@
+"""The attention backends: a registry where each backend is one small function.
+
+A backend takes the inputs ``(q, k, v, causal)``, shaped ``(batch, heads, seq, head_dim)``,
+and returns a zero-argument closure that computes the attention output: the closure is
+what gets timed, anything prepared outside it (a block mask) is not. SDPA backends are
+pinned with ``sdpa_kernel`` while they run, so a backend that cannot take the inputs
+raises instead of silently falling back.
+
+Adding one::
+
+    @register("mine")
+    def mine(q, k, v, causal):
+        return lambda: my_kernel(q, k, v, causal=causal)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+try:  # FlexAttention arrived in torch 2.5; a missing one gives unsupported rows.
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    HAS_FLEX = True
+except ImportError:  # pragma: no cover - torch < 2.5
+    HAS_FLEX = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    fn: Callable
+    sdpa: SDPBackend | None = None  # the SDPA kernel pinned while fn runs
+    compiled: bool = False  # built during warm-up (compile time recorded apart)
+    diagnostic: bool = False  # fault_* backends: provoke failures on purpose
+
+    def pinned(self):
+        """The context that pins this backend (nothing for non-SDPA backends)."""
+        return sdpa_kernel([self.sdpa]) if self.sdpa is not None else contextlib.nullcontext()
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(name: str, **kw):
+    def deco(fn):
+        BACKENDS[name] = Backend(name, fn, **kw)
+        return fn
+
+    return deco
+
+
+def get(name: str) -> Backend:
+    return BACKENDS[name]
+
+
+def _sdpa(q, k, v, causal):
+    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+for _name, _kind in [
+    ("math", SDPBackend.MATH),
+    ("flash", SDPBackend.FLASH_ATTENTION),
+    ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ("cudnn", SDPBackend.CUDNN_ATTENTION),
+]:
+    register(_name, sdpa=_kind)(_sdpa)
+
+
+@register("eager")
+def eager(q, k, v, causal):
+    """The textbook baseline: matmul, mask, softmax, matmul, in the inputs' dtype."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    n = q.shape[-2]
+    mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1) if causal else None
+
+    def run():
+        scores = (q @ k.transpose(-2, -1)) * scale
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
+        return scores.softmax(dim=-1) @ v
+
+    return run
+
+
+if HAS_FLEX:
+    _flex_compiled = None
+
+    def _causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    @register("flex", compiled=True)
+    def flex(q, k, v, causal):
+        """FlexAttention, compiled once per process (the first call is the warm-up)."""
+        global _flex_compiled
+        if _flex_compiled is None:
+            _flex_compiled = torch.compile(flex_attention, dynamic=False)
+        mask = None
+        if causal:
+            n = q.shape[-2]
+            mask = create_block_mask(_causal, None, None, n, n, device=q.device.type)
+        return lambda: _flex_compiled(q, k, v, block_mask=mask)
+
+
+def names(include_diagnostic: bool = True) -> list[str]:
+    return sorted(n for n, b in BACKENDS.items() if include_diagnostic or not b.diagnostic)
+
+
+from tasks import faults  # noqa: E402,F401  (registers the fault_* backends)

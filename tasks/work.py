@@ -1,0 +1,45 @@
+"""What a workload hands the cell runner, and the pieces every workload shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+FLOPS_CONVENTION = "4*B*H*N^2*D fwd, /2 causal, x3.5 fwd_bwd"
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return DTYPES[name]
+
+
+@dataclass
+class Work:
+    step: Callable[[], object]  # what gets timed: a forward, or a forward and backward
+    flops: float  # per step, by FLOPS_CONVENTION
+    check: Callable[[], float]  # relative error of the output against an fp32 reference
+    pinned: Callable  # context that pins the backend while the step runs
+    train: bool  # autograd on (fwd_bwd) or inference mode (fwd)
+
+
+def attention_flops(b: int, h: int, n: int, d: int, causal: bool, mode: str) -> float:
+    fwd = 4.0 * b * h * n * n * d / (2 if causal else 1)
+    return fwd * (3.5 if mode == "fwd_bwd" else 1.0)
+
+
+def make_step(forward: Callable, inputs: tuple, train: bool, gen: torch.Generator) -> Callable:
+    """The timed step: forward, or forward plus backward against a fixed random gradient."""
+    if not train:
+        return forward
+    grad = None
+
+    def step():
+        nonlocal grad
+        out = forward()
+        if grad is None:
+            grad = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
+        return torch.autograd.grad(out, inputs, grad)
+
+    return step
