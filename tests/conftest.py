@@ -1,0 +1,66 @@
+"""Shared fixtures: real Hydra composition, a real local Ray cluster, real parquet."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+
+def make_cfg(*overrides: str, store: Path | None = None):
+    """The real composed config, as `python -m orchestrator OVERRIDES` would see it."""
+    extra = [f"store.path={store}"] if store is not None else []
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=[*overrides, *extra, "run.progress=false"])
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster with 2 CPUs and no GPU, shared by the tests that need one."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_fake_gpus():
+    """A real Ray cluster that advertises 4 GPUs (scheduling only: cells run on the CPU)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_dataset(tmp_path_factory, ray_local):
+    """A dataset made by a real `+sweep=smoke` run on the local cluster."""
+    from orchestrator.sweep import run
+
+    store = tmp_path_factory.mktemp("smoke") / "results"
+    out = tmp_path_factory.mktemp("smoke_out")
+    summary = run(make_cfg("+sweep=smoke", store=store), output_dir=str(out))
+    return {"store": store, "output_dir": out, "summary": summary}
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
+    """`python -m orchestrator ARGS` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+    )
