@@ -20,35 +20,36 @@ def make_cfg(*overrides: str, store: Path | None = None):
         return compose("config", overrides=[*overrides, *extra, "run.progress=false"])
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray cluster with 2 CPUs and no GPU, shared by the tests that need one."""
+def ensure_ray(num_gpus: int = 0):
+    """A real local Ray cluster of 2 CPUs and num_gpus (fake) GPUs, reused while its shape fits."""
     import ray
 
     if ray.is_initialized():
+        if int(ray.cluster_resources().get("GPU", 0)) == num_gpus:
+            return ray
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=num_gpus, include_dashboard=False)
+    return ray
+
+
+@pytest.fixture
+def ray_local():
+    """A real local Ray cluster with 2 CPUs and no GPU."""
+    return ensure_ray(0)
 
 
 @pytest.fixture
 def ray_fake_gpus():
     """A real Ray cluster that advertises 4 GPUs (scheduling only: cells run on the CPU)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
-    yield ray
-    ray.shutdown()
+    return ensure_ray(4)
 
 
 @pytest.fixture(scope="session")
-def smoke_dataset(tmp_path_factory, ray_local):
+def smoke_dataset(tmp_path_factory):
     """A dataset made by a real `+sweep=smoke` run on the local cluster."""
     from orchestrator.sweep import run
 
+    ensure_ray(0)
     store = tmp_path_factory.mktemp("smoke") / "results"
     out = tmp_path_factory.mktemp("smoke_out")
     summary = run(make_cfg("+sweep=smoke", store=store), output_dir=str(out))
@@ -64,3 +65,10 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
