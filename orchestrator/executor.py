@@ -92,9 +92,9 @@ class DeviceWorker:
         return {**_where(), "pid": os.getpid(), "startup_s": self.startup_s}
 
     def run(self, spec: dict, timeout_s: float) -> dict:
-        where = _where()
+        t0, where = time.perf_counter(), _where()
         result = self.runner.run({**spec, "visible_devices": where["visible_devices"]}, timeout_s)
-        return {**result, "node_id": where["node_id"]}
+        return {**result, "node_id": where["node_id"], "cell_wall_s": time.perf_counter() - t0}
 
 
 @ray.remote(max_calls=1, max_retries=0)
@@ -178,26 +178,36 @@ class Executor:
             return failure("crashed", f"cell process died: {str(exc).strip().splitlines()[0]}", time.time())
 
     def run(self, cells: list[Cell], on_row: Callable[[Cell, dict], None]) -> None:
+        """Keep every slot busy until all cells have a final result.
+
+        A pool actor is given a second cell while it measures the first, so it starts
+        the next one without waiting for the driver; a task slot holds one (its deadline
+        runs from dispatch).
+        """
         queues = collections.defaultdict(collections.deque)
         for c in cells:
             queues[c.target].append(Flight(c, None, 1, 0.0))
-        free = list(self.slots)
+        depth = 2 if self.pool else 1
+        load = {id(s): 0 for s in self.slots}
         inflight: dict = {}
         try:
             while inflight or any(queues.values()):
-                for slot in list(free):
-                    if queues[slot.target]:
+                for slot in self.slots:
+                    while load[id(slot)] < depth and queues[slot.target]:
                         f = queues[slot.target].popleft()
                         f.slot = slot
-                        free.remove(slot)
+                        load[id(slot)] += 1
                         inflight[self._send(f)] = f
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
                     f = inflight.pop(ref)
-                    free.append(f.slot)
+                    load[id(f.slot)] -= 1
                     self._finish(f, self._collect(ref, f), queues, on_row)
                 if not self.pool:
-                    self._enforce_deadlines(inflight, free, queues, on_row)
+                    for f in self._overdue(inflight):
+                        load[id(f.slot)] -= 1
+                        msg = f"no result within the deadline of {self.timeout:g} s; task cancelled"
+                        self._finish(f, failure("timeout", msg, time.time() - self.timeout), queues, on_row)
         except BaseException:
             for ref in inflight:
                 ray.cancel(ref, force=not self.pool)
@@ -205,18 +215,17 @@ class Executor:
         finally:
             self.close()
 
-    def _enforce_deadlines(self, inflight, free, queues, on_row) -> None:
-        now = time.perf_counter()
+    def _overdue(self, inflight: dict) -> list[Flight]:
+        """Task mode: cancel the tasks past their deadline and hand back their flights."""
+        now, late = time.perf_counter(), []
         for ref, f in list(inflight.items()):
             if now - f.sent > self.timeout:
                 ray.cancel(ref, force=True)
-                del inflight[ref]
-                free.append(f.slot)
-                msg = f"no result within the deadline of {self.timeout:g} s; task cancelled"
-                self._finish(f, failure("timeout", msg, time.time() - self.timeout), queues, on_row)
+                late.append(inflight.pop(ref))
+        return late
 
     def _finish(self, f: Flight, result: dict, queues, on_row) -> None:
-        result["cell_wall_s"] = time.perf_counter() - f.sent
+        result.setdefault("cell_wall_s", time.perf_counter() - f.sent)
         if result["status"] in RETRYABLE and f.attempt <= self.cfg.run.retries:
             f.errors.append(f"attempt {f.attempt}: {result['status']}: {result['error']}")
             queues[f.cell.target].append(Flight(f.cell, None, f.attempt + 1, 0.0, f.errors))

@@ -15,7 +15,8 @@ import signal
 import time
 from datetime import datetime, timezone
 
-PRELOAD = ["torch", "tasks.cell", "tasks.attention"]
+# Imported once by the forkserver; names that fail to import are skipped by multiprocessing.
+PRELOAD = ["torch", "torch.profiler", "tasks.cell", "tasks.attention", "tasks.encoder", "tasks.kernels"]
 
 
 def failure(status: str, message: str, started: float) -> dict:
@@ -49,26 +50,58 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(spec: dict, conn) -> None:
+def _child(spec_conn, result_conn) -> None:
+    """A fresh process that waits for its one cell, measures it, and leaves at once."""
     _die_with_parent()
+    try:
+        spec = spec_conn.recv()
+    except EOFError:  # never given a cell (the runner closed)
+        os._exit(0)
+    received = time.time()
     if spec.get("visible_devices") is not None:  # before CUDA starts in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = spec["visible_devices"]
     from tasks.cell import run_cell
 
-    conn.send(run_cell(spec))
-    conn.close()
+    result = run_cell(spec)
+    result["spawn_s"] = received - spec["sent_at"]
+    result_conn.send(result)
+    os._exit(0)  # no interpreter teardown: the runner waits for this process to be gone
 
 
 def _noop() -> None:
     pass
 
 
+class Child:
+    """A forked process, idle until it is sent a cell (it has not touched the GPU)."""
+
+    def __init__(self, ctx):
+        spec_recv, self.spec_send = ctx.Pipe(duplex=False)
+        self.result_recv, result_send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_child, args=(spec_recv, result_send), daemon=True)
+        self.proc.start()
+        spec_recv.close()
+        result_send.close()
+
+    def close(self) -> None:
+        self.spec_send.close()
+        self.result_recv.close()
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+
+
 class ForkRunner:
-    """Runs cells, one fresh child each, with a deadline."""
+    """Runs cells, one fresh child each, with a deadline.
+
+    The next cell's child is forked while the current one measures, so a cell waits only
+    for its own CUDA start; an idle child holds no GPU memory and touches no device.
+    """
 
     def __init__(self, preload: list[str] = PRELOAD):
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(preload)
+        self.next: Child | None = None
 
     def start(self) -> float:
         """Start the forkserver now (it imports torch once); return the seconds it took."""
@@ -78,29 +111,36 @@ class ForkRunner:
         p.join()
         return time.perf_counter() - t0
 
+    def _take(self) -> Child:
+        child, self.next = self.next, None
+        if child is None or not child.proc.is_alive():
+            child = Child(self.ctx)
+        return child
+
     def run(self, spec: dict, timeout_s: float) -> dict:
         started = time.time()
-        recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_child, args=(spec, send), daemon=True)
-        proc.start()
-        send.close()
+        child = self._take()
         result, timed_out = None, False
         try:
-            timed_out = not recv.poll(timeout_s)
+            child.spec_send.send({**spec, "sent_at": started})
+            self.next = Child(self.ctx)  # forked while this cell runs
+            timed_out = not child.result_recv.poll(timeout_s)
             if not timed_out:
-                result = recv.recv()
-        except EOFError:  # the child closed the pipe by dying
+                result = child.result_recv.recv()
+        except (EOFError, BrokenPipeError):  # the child died
             result = None
-        finally:
-            recv.close()
+        t_result = time.perf_counter()
+        if result is None and not timed_out:
+            child.proc.join(timeout=10)  # reap it to read its exit code
+        child.close()  # kills a hung child; waits until the process is gone
         if timed_out:
-            proc.kill()
-            proc.join()
             return failure("timeout", f"no result within the deadline of {timeout_s:g} s; child killed", started)
-        proc.join(timeout=30)
-        if proc.is_alive():  # sent a result but does not exit: do not let it hold the GPU
-            proc.kill()
-            proc.join()
         if result is None:
-            return failure("crashed", f"cell process {describe_exit(proc.exitcode)}", started)
+            return failure("crashed", f"cell process {describe_exit(child.proc.exitcode)}", started)
+        result["teardown_s"] = time.perf_counter() - t_result
         return result
+
+    def close(self) -> None:
+        if self.next is not None:
+            self.next.close()
+            self.next = None

@@ -81,7 +81,7 @@ def _device(spec: dict) -> torch.device:
 def run_cell(spec: dict) -> dict:
     """Measure one cell; always returns a result with a status."""
     out = {"started_at": now(), "status": "error", "error": None}
-    t_measure = None
+    t_start, t_measure = time.perf_counter(), None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -89,6 +89,7 @@ def run_cell(spec: dict) -> dict:
             out |= environment(device)
             monitor = NvmlMonitor(nvml_handle(out["gpu_uuid"])) if "gpu_uuid" in out else None
             t_measure = time.perf_counter()
+            out["startup_s"] = t_measure - t_start  # device context and NVML lookup
             with monitor or contextlib.nullcontext():
                 out |= measure(spec, device)
             if monitor:
