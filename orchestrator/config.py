@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 DTYPES = ("float16", "bfloat16", "float32")
 MODES = ("fwd", "fwd_bwd")
@@ -49,6 +50,7 @@ class MeasureConfig:
     flush_l2: bool = True
     memory: bool = True
     accuracy: bool = True
+    kernels: bool = True  # one profiled call records the kernels that ran (kernels, kernels_match)
     seed: int = 0
 
 
@@ -87,6 +89,17 @@ class ReportConfig:
 
 
 @dataclass
+class CapacityConfig:
+    """``+sweep=capacity``: bisect seq_len per backend x batch x dtype x head size (orchestrator/capacity.py)."""
+
+    enabled: bool = False
+    min_seq: int = 128
+    max_seq: int = 131072
+    granularity: int = 128  # trial lengths are multiples of this
+    memory_limit_bytes: Optional[int] = None  # a trial whose measured peak exceeds this counts as too large
+
+
+@dataclass
 class Config:
     sweep_name: str = "default"
     workload: str = "attention"
@@ -96,6 +109,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
 
 ConfigStore.instance().store(name="schema", node=Config)
@@ -123,6 +137,10 @@ def validate(cfg) -> None:
     """Raise ConfigError on the first bad value; return quietly if all is well."""
     from tasks.backends import names  # torch is imported here, not by Hydra's composition
 
+    try:  # keys added with `+` on the command line escape Hydra's own check
+        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{exc.full_key}: {str(exc).splitlines()[0]}") from None
     g = cfg.grid
     _member("grid.backends", g.backends, names())
     _positive("grid.seq_lens", g.seq_lens)
@@ -161,3 +179,18 @@ def validate(cfg) -> None:
         raise ConfigError(f"measure.min_iters = {m.min_iters} exceeds measure.max_iters = {m.max_iters}")
     if not cfg.store.path:
         raise ConfigError("store.path is empty")
+    _capacity(cfg)
+
+
+def _capacity(cfg) -> None:
+    c = cfg.capacity
+    if not c.enabled:
+        return
+    if c.granularity <= 0 or c.min_seq <= 0 or c.min_seq % c.granularity or c.max_seq % c.granularity:
+        raise ConfigError(f"capacity: min_seq {c.min_seq} and max_seq {c.max_seq} must be positive multiples "
+                          f"of granularity {c.granularity}")
+    if c.min_seq > c.max_seq:
+        raise ConfigError(f"capacity.min_seq = {c.min_seq} exceeds capacity.max_seq = {c.max_seq}")
+    if c.memory_limit_bytes is not None and (c.memory_limit_bytes <= 0 or not cfg.measure.memory):
+        raise ConfigError(f"capacity.memory_limit_bytes = {c.memory_limit_bytes}: must be positive, "
+                          "with measure.memory on")

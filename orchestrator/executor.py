@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,12 +28,25 @@ from orchestrator.isolation import ForkRunner, failure
 RETRYABLE = ("crashed", "timeout")
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody answers (ray.init would retry for minutes)."""
+    hostport = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cluster.address = {address!r}: cannot connect ({exc})") from None
+
+
 def connect(cluster) -> None:
     """Join the configured cluster, or start a local one; safe to call twice."""
     if ray.is_initialized():
         return
     kw = {"include_dashboard": False, "log_to_driver": True, **dict(cluster.init)}
     if cluster.address:
+        check_reachable(cluster.address)
         try:
             ray.init(address=cluster.address, **kw)
         except Exception as exc:  # unreachable address, no cluster running, version skew
@@ -94,7 +108,8 @@ class DeviceWorker:
     def run(self, spec: dict, timeout_s: float) -> dict:
         t0, where = time.perf_counter(), _where()
         result = self.runner.run({**spec, "visible_devices": where["visible_devices"]}, timeout_s)
-        return {**result, "node_id": where["node_id"], "cell_wall_s": time.perf_counter() - t0}
+        wall = time.perf_counter() - t0
+        return {**result, "node_id": where["node_id"], "cuda_visible_devices": where["visible_devices"], "cell_wall_s": wall}
 
 
 @ray.remote(max_calls=1, max_retries=0)
@@ -102,7 +117,8 @@ def run_task(spec: dict) -> dict:
     """The plain Ray way: this worker process measures the cell, then exits."""
     from tasks.cell import run_cell
 
-    return {**run_cell(spec), "node_id": _where()["node_id"]}
+    where = _where()
+    return {**run_cell(spec), "node_id": where["node_id"], "cuda_visible_devices": where["visible_devices"]}
 
 
 @dataclass

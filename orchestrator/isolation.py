@@ -9,9 +9,11 @@ No Ray here: the actor in ``executor.py`` wraps this.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -72,6 +74,21 @@ def _noop() -> None:
     pass
 
 
+@contextlib.contextmanager
+def _main_not_rerun():
+    """multiprocessing re-runs the parent's __main__ in each child (in a Ray worker, Ray's
+    own worker script: about 0.2 s of imports per cell); a cell needs none of it."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    for k in saved:
+        setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 class Child:
     """A forked process, idle until it is sent a cell (it has not touched the GPU)."""
 
@@ -79,7 +96,8 @@ class Child:
         spec_recv, self.spec_send = ctx.Pipe(duplex=False)
         self.result_recv, result_send = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=_child, args=(spec_recv, result_send), daemon=True)
-        self.proc.start()
+        with _main_not_rerun():
+            self.proc.start()
         spec_recv.close()
         result_send.close()
 

@@ -53,11 +53,11 @@ def _not_plotted(frame) -> str:
     return "not plotted: " + "; ".join(parts) if parts else ""
 
 
-def lines(frame, title: str, path: Path, colors: dict) -> Path:
+def lines(frame, title: str, colors: dict) -> Figure:
     """Three panels (time, TFLOP/s, memory) against sequence length, a line per backend."""
     fig = Figure(figsize=(16, 4.8), layout="constrained")
     ok = frame[frame["status"].eq("ok")]
-    for ax, (col, label) in zip(fig.subplots(1, 3), METRICS.items()):
+    for ax, (col, label) in zip(fig.subplots(1, 3), METRICS.items(), strict=True):
         data = ok.dropna(subset=[col])
         for backend, d in data.groupby("backend"):
             d = d.sort_values("seq_len")
@@ -73,34 +73,42 @@ def lines(frame, title: str, path: Path, colors: dict) -> Path:
             ax.legend(fontsize="small")
     note = _not_plotted(frame)
     fig.suptitle(title + (f"\n{note}" if note else ""))
-    fig.savefig(path, dpi=100)
-    return path
+    return fig
 
 
-def bars(frame, col: str, title: str, path: Path, colors: dict) -> Path:
-    """The notebook's chart: one group of bars per sequence length, a bar per backend."""
-    fig = Figure(figsize=(10, 5.2), layout="constrained")
+def bars(frame, col: str, title: str, colors: dict) -> Figure:
+    """The notebook's chart: a group of bars per sequence length, a bar per backend; a cell that
+    did not run is marked by its status where its bar would be."""
+    fig = Figure(figsize=(10, 5.4), layout="constrained")
     ax = fig.subplots()
     seqs = sorted(frame["seq_len"].unique())
     backends = sorted(frame["backend"].unique())
-    ok = frame[frame["status"].eq("ok")]
-    width = 0.8 / max(len(backends), 1)
+    width = 0.8 / len(backends)
     x = np.arange(len(seqs))
     for i, b in enumerate(backends):
-        vals = ok[ok["backend"].eq(b)].set_index("seq_len")[col]
-        ys = [float(vals.get(s, np.nan)) for s in seqs]
+        vals = frame[frame["backend"].eq(b)].set_index("seq_len")
+        ys = [float(vals[col].get(s, np.nan)) for s in seqs]
         ax.bar(x + (i - (len(backends) - 1) / 2) * width, ys, width, label=b, color=colors.get(b))
+    values = frame[col].dropna()
+    if values.empty:
+        _no_data(ax, "no memory data (CPU rows)" if col == "peak_mib" else "no data")
+    elif _wide(values):
+        ax.set_yscale("log")
+    for i, b in enumerate(backends):
+        bad = frame[frame["backend"].eq(b) & frame["status"].ne("ok")]
+        for s, status in zip(bad["seq_len"], bad["status"], strict=True):
+            pos = seqs.index(s) + (i - (len(backends) - 1) / 2) * width
+            ax.text(pos, 0.02, status, transform=ax.get_xaxis_transform(), rotation=90, ha="center", va="bottom",
+                    fontsize="small", color="#b00")
     ax.set_xticks(x, [str(s) for s in seqs])
     ax.set_xlabel("sequence length")
     ax.set_ylabel(METRICS[col])
-    if ok[col].notna().any():
-        if _wide(ok[col]):
-            ax.set_yscale("log")
-        ax.legend(fontsize="small")
-    else:
-        _no_data(ax, "no memory data (CPU rows)" if col == "peak_mib" else "no data")
-    note = _not_plotted(frame)
-    ax.set_title(title + (f"\n{note}" if note else ""))
+    ax.legend(fontsize="small")
+    ax.set_title(title, fontsize="medium")
     ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     return path

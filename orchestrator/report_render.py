@@ -41,27 +41,35 @@ def print_tables(tables: list[Table]) -> None:
     """One table after another on the terminal: rich when it is installed, markdown otherwise."""
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table as RichTable
     except ImportError:  # pragma: no cover - rich is a dependency, but the report must not need it
         print("\n".join(markdown(t) for t in tables), flush=True)
         return
     console = Console()
+    if not console.is_terminal:  # a log file: wide enough that rows stay on one line
+        console = Console(width=max(console.width, 200))
     for t in tables:
-        rt = RichTable(title=t.title, caption=t.note or None, title_justify="left")
+        rt = RichTable(title=escape(t.title), caption=escape(t.note) or None, title_justify="left")
         for i, h in enumerate(t.header):
-            rt.add_column(h, justify="right" if _numeric(t, i) else "left", overflow="fold")
+            if _numeric(t, i):  # numbers are never cut: the text columns give way
+                width = max(len(h), *(len(r[i]) for r in t.rows))
+                rt.add_column(escape(h), justify="right", no_wrap=True, min_width=width)
+            else:
+                rt.add_column(escape(h), overflow="ellipsis", no_wrap=True, max_width=90)
         for row in t.rows:
-            rt.add_row(*row)
+            rt.add_row(*map(escape, row))
         console.print(rt)
 
 
-def html_table(table: Table) -> str:
+def html_table(table: Table, titled: bool = True) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = "".join(
         "<tr>" + "".join(f"<td{_cls(v)}>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in table.rows
     )
     note = f"<p class='note'>{html.escape(table.note)}</p>" if table.note else ""
-    return f"<h3>{html.escape(table.title)}</h3>{note}<table><tr>{head}</tr>{body}</table>"
+    title = f"<h3>{html.escape(table.title)}</h3>" if titled else ""
+    return f"{title}{note}<table><tr>{head}</tr>{body}</table>"
 
 
 def _cls(value: str) -> str:

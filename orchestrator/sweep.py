@@ -73,6 +73,10 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     from orchestrator import executor  # Ray is imported only once the config is known good
 
     plan(cfg)
+    if cfg.capacity.enabled:  # +sweep=capacity: rounds of trial cells instead of the grid
+        from orchestrator import capacity
+
+        return capacity.run(cfg, output_dir)
     executor.connect(cfg.cluster)
     sh = executor.shape()
     cells = expand(cfg, default_target=sh.default_target)

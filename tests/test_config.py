@@ -1,0 +1,97 @@
+"""Real Hydra composition of every sweep, and bad input stopped before any work."""
+
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_cfg, run_cli
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config import ConfigError
+from orchestrator.sweep import plan
+
+SWEEPS = sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml"))
+
+
+def test_sweeps_exist():
+    assert {"smoke", "seed", "full", "faults"} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_composes_and_validates(sweep):
+    cfg = make_cfg(f"+sweep={sweep}")
+    assert cfg.sweep_name == sweep
+    assert len(plan(cfg)) > 0
+
+
+def test_command_line_overrides_reach_the_grid():
+    cfg = make_cfg("+sweep=full", "grid.seq_lens=[512,1024]", "grid.dtypes=[bfloat16]", "run.isolation=task")
+    assert list(cfg.grid.seq_lens) == [512, 1024] and list(cfg.grid.dtypes) == ["bfloat16"]
+    assert len(plan(cfg)) == 5 * 2 * 3 * 2
+
+
+BAD_VALUES = [  # (overrides, words the one-line message must contain)
+    (["grid.backends=[flash,turbo]"], "grid.backends[1] = 'turbo'"),
+    (["grid.seq_lens=[128,0]"], "grid.seq_lens[1] = 0"),
+    (["grid.seq_lens=[-64]"], "grid.seq_lens[0] = -64"),
+    (["grid.batch_sizes=[0]"], "grid.batch_sizes[0] = 0"),
+    (["grid.head_dims=[0]"], "grid.head_dims[0] = 0"),
+    (["grid.num_heads=[0]"], "grid.num_heads[0] = 0"),
+    (["grid.dtypes=[float8]"], "grid.dtypes[0] = 'float8'"),
+    (["grid.modes=[train]"], "grid.modes[0] = 'train'"),
+    (["grid.backends=[]"], "grid.backends is empty"),
+    (["grid.seq_lens=[]"], "grid.seq_lens is empty"),
+    (["grid.causal=[]"], "grid.causal is empty"),
+    (["grid.model_dim=2048"], "exactly one of grid.num_heads and grid.model_dim"),
+    (["+sweep=full", "grid.model_dim=1000"], "grid.model_dim = 1000"),
+    (["run.isolation=threads"], "run.isolation = 'threads'"),
+    (["run.rerun=some"], "run.rerun = 'some'"),
+    (["run.cell_timeout_s=0"], "run.cell_timeout_s = 0"),
+    (["run.retries=-1"], "run.retries = -1"),
+    (["run.device=tpu"], "run.device = 'tpu'"),
+    (["measure.min_iters=50", "measure.max_iters=10"], "measure.min_iters = 50"),
+    (["+sweep=full", "run.max_cells=100"], "480 cells, over run.max_cells = 100"),
+    (["+grid.unknown_axis=[1]"], "grid.unknown_axis: Key 'unknown_axis' not in 'GridConfig'"),
+    (["+colour=blue"], "colour: Key 'colour' not in 'Config'"),
+]
+
+
+@pytest.mark.parametrize("overrides,words", BAD_VALUES)
+def test_bad_values_give_one_line_naming_the_value(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        plan(make_cfg(*overrides))
+    msg = str(err.value)
+    assert words in msg and "\n" not in msg
+
+
+BAD_TYPES = [  # rejected by Hydra against the ConfigStore schema while composing
+    "grid.seq_lens=[128,abc]",
+    "grid.seq_lens=128",
+    "grid.causal=[maybe]",
+    "grid.unknown_axis=[1]",
+    "run.cell_timeout_s=soon",
+    "+sweep=nonexistent",
+]
+
+
+@pytest.mark.parametrize("override", BAD_TYPES)
+def test_bad_types_and_unknown_keys_fail_composition(override):
+    with pytest.raises((HydraException, OmegaConfBaseException)):
+        make_cfg(override)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["grid.backends=[flash,turbo]"], "grid.backends[1] = 'turbo'"),
+    (["grid.seq_lens=[0]"], "grid.seq_lens[0] = 0"),
+    (["grid.dtypes=[float8]"], "grid.dtypes[0] = 'float8'"),
+    (["grid.seq_lens=[abc]"], "grid.seq_lens"),
+    (["cluster.address=127.0.0.1:1"], "cluster.address = '127.0.0.1:1': cannot connect"),
+])
+def test_cli_stops_before_any_work(tmp_path: Path, args, words):
+    store = tmp_path / "results"
+    proc = run_cli(*args, f"store.path={store}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    assert proc.returncode != 0
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    assert not store.exists() or not list(store.glob("*.parquet"))
