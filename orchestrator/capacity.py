@@ -214,7 +214,7 @@ def plot(searches: list[Search], results: list[dict], path: Path) -> Path | None
             line = ax.plot([p[0] for p in pts], [p[1] / 2**30 for p in pts], "o", label=s.key.backend)[0]
             if r["coef"] is not None:
                 top = max(r["extrapolated"] or 0, pts[-1][0])
-                xs = np.linspace(1, top, 200)
+                xs = np.geomspace(pts[0][0] / 2, top, 200)
                 ax.plot(xs, np.polyval(r["coef"], xs) / 2**30, "--", color=line.get_color())
         if items[0][1]["limit_bytes"]:
             ax.axhline(items[0][1]["limit_bytes"] / 2**30, color="grey", lw=0.8)

@@ -95,8 +95,13 @@ FAILED = ("error", "crashed", "timeout")
 
 
 def to_table(rows: list[dict]) -> pa.Table:
-    cols = {n: [r.get(n) for r in rows] for n in SCHEMA.names}
-    return pa.table(cols, schema=SCHEMA)
+    """Rows (dicts, or records read back from pandas with NaN for nulls) as the dataset's schema."""
+    df = pd.DataFrame(rows).reindex(columns=SCHEMA.names)
+    arrays = [
+        pa.nulls(len(df), f.type) if df[f.name].isna().all() else pa.array(df[f.name], type=f.type, from_pandas=True)
+        for f in SCHEMA
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:

@@ -48,4 +48,5 @@ def build(p: dict, device: torch.device) -> Work:
         check=check,
         pinned=backend.pinned,
         train=train,
+        compiled=backend.compiled,
     )

@@ -39,6 +39,7 @@ class Backend:
     sdpa: SDPBackend | None = None  # the SDPA kernel pinned while fn runs
     compiled: bool = False  # built during warm-up (compile time recorded apart)
     diagnostic: bool = False  # fault_* backends: provoke failures on purpose
+    attend: Callable | None = None  # (seq_len, causal, device) -> f(q, k, v): the kernel alone, for models
 
     def pinned(self):
         """The context that pins this backend (nothing for non-SDPA backends)."""
@@ -60,8 +61,18 @@ def get(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def _sdpa(q, k, v, causal):
-    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+def bind(attend_factory: Callable) -> Callable:
+    """A backend fn from an attend factory: prepare for these inputs (untimed), then attend."""
+
+    def fn(q, k, v, causal):
+        attend = attend_factory(q.shape[-2], causal, q.device)
+        return lambda: attend(q, k, v)
+
+    return fn
+
+
+def _sdpa_attend(n, causal, device):
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 for _name, _kind in [
@@ -70,24 +81,23 @@ for _name, _kind in [
     ("efficient", SDPBackend.EFFICIENT_ATTENTION),
     ("cudnn", SDPBackend.CUDNN_ATTENTION),
 ]:
-    register(_name, sdpa=_kind)(_sdpa)
+    register(_name, sdpa=_kind, attend=_sdpa_attend)(bind(_sdpa_attend))
 
 
-@register("eager")
-def eager(q, k, v, causal):
+def _eager_attend(n, causal, device):
     """The textbook baseline: matmul, mask, softmax, matmul, in the inputs' dtype."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    n = q.shape[-2]
-    mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1) if causal else None
+    mask = torch.ones(n, n, dtype=torch.bool, device=device).triu_(1) if causal else None
 
-    def run():
-        scores = (q @ k.transpose(-2, -1)) * scale
+    def attend(q, k, v):
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
         return scores.softmax(dim=-1) @ v
 
-    return run
+    return attend
 
+
+register("eager", attend=_eager_attend)(bind(_eager_attend))
 
 if HAS_FLEX:
     _flex_compiled = None
@@ -95,17 +105,16 @@ if HAS_FLEX:
     def _causal(b, h, q_idx, kv_idx):
         return q_idx >= kv_idx
 
-    @register("flex", compiled=True)
-    def flex(q, k, v, causal):
-        """FlexAttention, compiled once per process (the first call is the warm-up)."""
+    def _flex_attend(n, causal, device):
+        """FlexAttention, compiled once per process (the first call is the warm-up); the
+        causal mask is a block mask, built here, outside the timed call."""
         global _flex_compiled
         if _flex_compiled is None:
             _flex_compiled = torch.compile(flex_attention, dynamic=False)
-        mask = None
-        if causal:
-            n = q.shape[-2]
-            mask = create_block_mask(_causal, None, None, n, n, device=q.device.type)
-        return lambda: _flex_compiled(q, k, v, block_mask=mask)
+        mask = create_block_mask(_causal, None, None, n, n, device=device.type) if causal else None
+        return lambda q, k, v: _flex_compiled(q, k, v, block_mask=mask)
+
+    register("flex", compiled=True, attend=_flex_attend)(bind(_flex_attend))
 
 
 def names(include_diagnostic: bool = True) -> list[str]:

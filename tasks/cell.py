@@ -16,9 +16,8 @@ from datetime import datetime, timezone
 
 import torch
 
-from tasks import timing
+from tasks import kernels, timing
 from tasks.device import HAS_NVML, NvmlMonitor, environment, nvml_handle
-from tasks.work import FLOPS_CONVENTION
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -42,11 +41,23 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
     return "error", (msg + where)[:2000]
 
 
+def compile_first(work, device: torch.device) -> dict:
+    """A compiled backend's first step compiles: time it apart from warm-up and timing."""
+    if not work.compiled:
+        return {}
+    t0 = time.perf_counter()
+    work.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"compile_s": time.perf_counter() - t0}
+
+
 def measure(spec: dict, device: torch.device) -> dict:
     m = spec["measure"]
     work = importlib.import_module(f"tasks.{spec['workload']}").build(spec, device)
     grad_mode = contextlib.nullcontext() if work.train else torch.inference_mode()
     with grad_mode, work.pinned():
+        compiled = compile_first(work, device)
         t = timing.time_fn(
             work.step,
             device,
@@ -58,13 +69,16 @@ def measure(spec: dict, device: torch.device) -> dict:
             flush_l2=m["flush_l2"],
         )
         mem = timing.measure_memory(work.step, device) if m["memory"] else {}
+        ran = kernels.record(work.step, device, spec["backend"]) if m.get("kernels", True) else {}
         err = work.check() if m["accuracy"] else None
     return {
+        **compiled,
         **t,
         **mem,
+        **ran,
         "rel_error": err,
         "flops": work.flops,
-        "flops_convention": FLOPS_CONVENTION,
+        "flops_convention": work.flops_convention,
         "tflops": work.flops / (t["median_ms"] / 1e3) / 1e12,
     }
 

@@ -67,7 +67,6 @@ def environment(device: torch.device) -> dict:
         "device_name": props.name,
         "compute_capability": f"{props.major}.{props.minor}",
         "device_total_bytes": props.total_memory,
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
     if HAS_NVML:
         uuid = nvml_uuid(props.uuid)

@@ -22,6 +22,8 @@ class Work:
     check: Callable[[], float]  # relative error of the output against an fp32 reference
     pinned: Callable  # context that pins the backend while the step runs
     train: bool  # autograd on (fwd_bwd) or inference mode (fwd)
+    flops_convention: str = FLOPS_CONVENTION  # how this workload counts flops
+    compiled: bool = False  # the first step compiles (timed apart as compile_s)
 
 
 def attention_flops(b: int, h: int, n: int, d: int, causal: bool, mode: str) -> float:

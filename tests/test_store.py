@@ -1,0 +1,76 @@
+"""The parquet dataset: durable appends, resume sets, compaction, unreadable files."""
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+from orchestrator.store import SCHEMA, Store
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def row(cell, status, minute=0, **kw):
+    return {"cell_id": cell, "row_id": uuid.uuid4().hex, "status": status,
+            "ended_at": T0 + timedelta(minutes=minute), "median_ms": 1.0, **kw}
+
+
+def test_rows_are_readable_without_project_code(tmp_path):
+    s = Store(tmp_path)
+    s.append([row("a", "ok", 0, backend="flash", seq_len=128)])
+    s.append([row("b", "oom", 1, backend="math", seq_len=16384)])
+    df = pd.read_parquet(tmp_path)
+    assert sorted(df.cell_id) == ["a", "b"]
+    table = ds.dataset(tmp_path, format="parquet").to_table()
+    assert table.schema.equals(SCHEMA) and table.num_rows == 2
+
+
+def test_resume_sets_follow_the_latest_row_of_each_cell(tmp_path):
+    s = Store(tmp_path)
+    s.append([row("ok1", "ok", 0), row("crash", "crashed", 0), row("unsup", "unsupported", 0)])
+    s.append([row("flaky", "timeout", 0)])
+    s.append([row("flaky", "ok", 5)])  # a later run finished it
+    assert s.done("none") == {"ok1", "crash", "unsup", "flaky"}
+    assert s.done("failed") == {"ok1", "unsup", "flaky"}
+    assert s.done("all") == set()
+    assert s.latest().set_index("cell_id").loc["flaky", "status"] == "ok"
+
+
+def test_compaction_keeps_every_row_once(tmp_path):
+    s = Store(tmp_path)
+    rows = [row(f"c{i}", "ok", i) for i in range(20)]
+    for r in rows:
+        s.append([r])
+    assert len(s.parts()) == 20
+    s.compact()
+    assert len(s.parts()) == 1
+    assert sorted(s.read().row_id) == sorted(r["row_id"] for r in rows)
+
+
+def test_a_repeated_row_id_is_read_once(tmp_path):
+    """A compaction cut short leaves a row in two files: readers see it once."""
+    s = Store(tmp_path)
+    r = row("a", "ok")
+    s.append([r])
+    s.append([r])
+    assert len(s.read()) == 1
+
+
+def test_unreadable_files_are_named_set_aside_and_valid_rows_kept(tmp_path, capsys):
+    s = Store(tmp_path)
+    good = s.append([row("a", "ok")])
+    truncated = tmp_path / "part-truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[:100])
+    (tmp_path / "part-text.parquet").write_text("not parquet at all")
+    df = s.read()
+    out = capsys.readouterr().out
+    assert "part-truncated.parquet" in out and "part-text.parquet" in out
+    assert list(df.cell_id) == ["a"]
+    assert not truncated.exists() and (tmp_path / "_unreadable" / "part-truncated.parquet").exists()
+    assert list(pd.read_parquet(tmp_path).cell_id) == ["a"]  # plain readers work again
+
+
+def test_empty_or_missing_store(tmp_path):
+    s = Store(tmp_path / "nothing")
+    assert s.done() == set() and s.read().empty and s.compact() is None

@@ -1,0 +1,66 @@
+"""A smoke sweep end to end on a real local Ray cluster into a real parquet dataset."""
+
+import pandas as pd
+import pytest
+from conftest import ensure_ray, make_cfg, run_cli
+
+from orchestrator.grid import expand
+from orchestrator.store import COLUMNS, Store
+from orchestrator.sweep import run
+
+REQUIRED = ["cell_id", "sweep", "backend", "seq_len", "batch_size", "num_heads", "head_dim", "dtype", "causal",
+            "status", "error", "median_ms", "p10_ms", "p90_ms", "tflops", "rel_error", "peak_allocated_bytes",
+            "nvml_used_before_bytes", "nvml_used_peak_bytes", "nvml_index", "gpu_uuid", "device_name",
+            "torch_version"]
+
+
+def test_smoke_sweep_writes_one_row_per_cell(smoke_dataset):
+    df = pd.read_parquet(smoke_dataset["store"])
+    cells = expand(make_cfg("+sweep=smoke"), default_target="cpu")
+    assert sorted(df.cell_id) == sorted(c.cell_id for c in cells)
+    assert set(REQUIRED) <= set(df.columns) and list(df.columns) == [n for n, _, _ in COLUMNS]
+    assert (df.status == "ok").all(), df[["backend", "error"]]
+    assert (df.sweep == "smoke").all() and (df.target == "cpu").all()
+    assert (df.p10_ms <= df.median_ms).all() and (df.median_ms <= df.p90_ms).all()
+    assert (df.iters >= 5).all() and (df.tflops > 0).all()
+    assert (df.rel_error < 1e-4).all()  # float32 against the fp32 reference
+    assert df.torch_version.notna().all() and df.host.notna().all() and df.pid.notna().all()
+    assert df.pid.nunique() == len(df)  # every cell in a process of its own
+    assert (df.ended_at > df.started_at).all()
+    assert smoke_dataset["summary"].statuses == {"ok": len(cells)}
+
+
+def test_same_sweep_again_measures_nothing_and_rerun_all_measures_everything(smoke_dataset, tmp_path):
+    ensure_ray(0)
+    cfg = make_cfg("+sweep=smoke", store=smoke_dataset["store"])
+    before = Store(smoke_dataset["store"]).read()
+    again = run(cfg)
+    assert again.skipped == again.total and not again.statuses
+    assert len(Store(smoke_dataset["store"]).read()) == len(before)
+
+    copy = tmp_path / "copy"
+    Store(copy).append(before.to_dict("records"))
+    redo = run(make_cfg("+sweep=smoke", "run.rerun=all", store=copy))
+    assert redo.statuses == {"ok": len(before)}
+    after = Store(copy).read()
+    assert len(after) == 2 * len(before)
+    assert set(after.row_id) >= set(before.row_id)  # the old rows stay
+
+
+def test_a_grown_grid_runs_only_the_new_cells(smoke_dataset, tmp_path):
+    ensure_ray(0)
+    store = tmp_path / "grow"
+    Store(store).append(Store(smoke_dataset["store"]).read().to_dict("records"))
+    s = run(make_cfg("+sweep=smoke", "grid.seq_lens=[64,128,96]", store=store))
+    assert s.skipped == 6 and s.statuses == {"ok": 3}
+
+
+@pytest.mark.slow
+def test_multirun_lands_every_job_in_one_dataset(tmp_path):
+    store = tmp_path / "results"
+    proc = run_cli("-m", "+sweep=smoke", "grid.batch_sizes=[1],[2]", "grid.backends=[math]",
+                   f"store.path={store}", f"hydra.sweep.dir={tmp_path / 'multi'}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_parquet(store)
+    assert sorted(df.batch_size.unique()) == [1, 2]
+    assert df.run_id.nunique() == 2 and len(df) == 4 and (df.status == "ok").all()
