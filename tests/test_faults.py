@@ -1,0 +1,141 @@
+"""Failures provoked for real: each ends as one row with the right status; the sweep goes on."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import ROOT, ensure_ray, make_cfg
+
+from orchestrator.store import Store
+from orchestrator.sweep import run
+
+EXPECTED = {  # backend: (status, words in the error, attempts with run.retries=1)
+    "math": ("ok", None, 1),
+    "eager": ("ok", None, 1),  # after every fault, on the same device
+    "fault_raise": ("error", "ValueError: fault_raise", 1),
+    "fault_oom": ("oom", "can't allocate memory", 1),
+    "fault_illegal_address": ("error", "IndexError", 1),
+    "fault_segfault": ("crashed", "SIGSEGV", 2),
+    "fault_abort": ("crashed", "SIGABRT", 2),
+    "fault_exit": ("crashed", "exited with code 3", 2),
+    "fault_hang": ("timeout", "deadline of 3 s", 2),
+}
+
+
+def faults_sweep(tmp_path, *overrides):
+    ensure_ray(0)
+    store = tmp_path / "faults"
+    summary = run(make_cfg("+sweep=faults", "run.cell_timeout_s=3", *overrides, store=store))
+    return summary, Store(store).read().set_index("backend")
+
+
+def test_pool_mode_turns_every_failure_into_its_row(tmp_path):
+    summary, df = faults_sweep(tmp_path)
+    assert len(df) == len(EXPECTED) and df.cell_id.is_unique
+    for backend, (status, words, attempts) in EXPECTED.items():
+        row = df.loc[backend]
+        assert row.status == status, (backend, row.error)
+        assert words is None or words in row.error, (backend, row.error)
+        assert row.attempts == attempts, backend
+    assert df.loc["eager", "median_ms"] > 0 and df.loc["eager", "pid"] != df.loc["math", "pid"]
+    assert summary.statuses == {"ok": 2, "error": 2, "oom": 1, "crashed": 3, "timeout": 1}
+
+
+def test_task_mode_contains_the_same_failures(tmp_path):
+    _, df = faults_sweep(tmp_path, "run.isolation=task", "run.retries=0")
+    got = df.status.to_dict()
+    assert got == {b: s for b, (s, _, _) in EXPECTED.items()}, df.error.to_dict()
+    assert (df.attempts == 1).all()
+    assert "deadline of 3 s" in df.loc["fault_hang", "error"]
+
+
+def test_rerun_failed_repeats_only_error_crashed_and_timeout(tmp_path):
+    faults_sweep(tmp_path, "run.retries=0")
+    store = Store(tmp_path / "faults")
+    first = store.read()
+    again = run(make_cfg("+sweep=faults", "run.cell_timeout_s=3", "run.retries=0", "run.rerun=failed",
+                         store=tmp_path / "faults"))
+    redo = {b for b, (s, _, _) in EXPECTED.items() if s in ("error", "crashed", "timeout")}
+    assert sum(again.statuses.values()) == len(redo) and again.skipped == len(EXPECTED) - len(redo)
+    rows = store.read()
+    assert len(rows) == len(first) + len(redo)
+    assert set(rows.loc[~rows.row_id.isin(first.row_id), "backend"]) == redo
+
+
+def start_sweep(store, run_dir, *extra):
+    args = [sys.executable, "-m", "orchestrator", "+sweep=smoke", "grid.backends=[math,eager]",
+            "grid.seq_lens=[64,80,96,112,128,144,160,176,192,208,224,240]", "measure.budget_ms=200",
+            f"store.path={store}", f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_rows(store, n, proc, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if len(list(store.glob("part-*.parquet"))) >= n:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} rows after {timeout} s")
+
+
+def finish(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # what the killed driver left behind (Ray's processes)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
+    store = tmp_path / "results"
+    proc = start_sweep(store, tmp_path / "run1")
+    wait_for_rows(store, 6, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = Store(store).read()
+    finish(proc)
+    assert 6 <= len(before) < 24 and before.cell_id.is_unique
+    proc2 = start_sweep(store, tmp_path / "run2")
+    out, _ = proc2.communicate(timeout=300)
+    finish(proc2)
+    assert proc2.returncode == 0, out[-3000:]
+    assert f"{24 - len(before)} to run, {len(before)} already in" in out
+    after = pd.read_parquet(store)
+    assert len(after) == 24 and after.cell_id.is_unique and (after.status == "ok").all()
+    assert set(before.row_id) <= set(after.row_id)  # every row written before the kill survived
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    store = tmp_path / "results"
+    proc = start_sweep(store, tmp_path / "run1")
+    wait_for_rows(store, 3, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    finish(proc)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted:" in out and "run the same command again to resume" in out
+    saved = Store(store).read()
+    assert len(saved) >= 3 and saved.cell_id.is_unique
+    proc2 = start_sweep(store, tmp_path / "run2")
+    out2, _ = proc2.communicate(timeout=300)
+    finish(proc2)
+    assert proc2.returncode == 0, out2[-3000:]
+    assert len(pd.read_parquet(store)) == 24
+
+
+def test_an_unreadable_part_file_is_named_and_the_sweep_goes_on(smoke_dataset, tmp_path, capsys):
+    ensure_ray(0)
+    store = tmp_path / "results"
+    Store(store).append(Store(smoke_dataset["store"]).read().to_dict("records"))
+    (store / "part-broken.parquet").write_bytes(b"PAR1 truncated")
+    s = run(make_cfg("+sweep=smoke", store=store))
+    assert "part-broken.parquet" in capsys.readouterr().out
+    assert s.skipped == 6 and not s.statuses
