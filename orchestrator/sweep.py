@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from orchestrator import capability
 from orchestrator.config import ConfigError, validate
 from orchestrator.grid import Cell, expand
 from orchestrator.progress import Progress, fmt_s
@@ -82,18 +83,35 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     cells = expand(cfg, default_target=sh.default_target)
     store = Store(cfg.store.path)
     done = store.done(cfg.run.rerun)
-    todo = [c for c in cells if c.cell_id not in done]
+    summary = measure(cfg, [c for c in cells if c.cell_id not in done], store, sh, cells, output_dir)
+    if cfg.store.compact:
+        store.compact()
+    print(summary.line(), flush=True)
+    if cfg.report.enabled and output_dir:
+        from orchestrator import report
+
+        report.for_sweep(cfg, store, cells, output_dir)
+    return summary
+
+
+def measure(cfg, todo: list[Cell], store: Store, sh, cells: list[Cell], output_dir: str | None) -> Summary:
+    """Run the cells still to do, each row durable as it lands; cells the target model cannot
+    run become unsupported rows without being scheduled."""
+    from orchestrator import executor
+
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    slots = executor.make_slots(todo, sh, cfg) if todo else []
+    ctx = {"run_id": run_id, "sweep": cfg.sweep_name, "isolation": cfg.run.isolation, "git_commit": git_commit()}
     store.save_run(run_id, {
         "sweep": cfg.sweep_name, "config": OmegaConf.to_container(cfg, resolve=True),
         "cells": [c.cell_id for c in cells], "cluster": {"gpus": sh.gpus, "cpus": sh.cpus},
         "output_dir": output_dir,
     })
+    rejected = [(c, r) for c in todo if (r := capability.reason(c))]
+    runnable = [c for c in todo if not capability.reason(c)]
+    slots = executor.make_slots(runnable, sh, cfg) if runnable else []
     summary = Summary(run_id, len(cells), len(cells) - len(todo), devices=len(slots))
     print(f"sweep {cfg.sweep_name!r}: {len(cells)} cells, {len(todo)} to run, {summary.skipped} already in "
           f"{store.path}; {len(slots)} device(s) ({cfg.run.isolation} isolation)", flush=True)
-    ctx = {"run_id": run_id, "sweep": cfg.sweep_name, "isolation": cfg.run.isolation, "git_commit": git_commit()}
     progress = Progress(len(todo), len(slots), cfg.sweep_name, enabled=cfg.run.progress)
 
     def on_row(cell: Cell, result: dict) -> None:
@@ -103,10 +121,13 @@ def run(cfg, output_dir: str | None = None) -> Summary:
         summary.measure_s += row.get("measure_s") or 0.0
         progress.update(row)
 
+    for cell, why in rejected:
+        on_row(cell, {"status": "unsupported", "error": f"{cell.target}: {why}", "attempts": 0,
+                      "ended_at": datetime.now(timezone.utc)})
     t0 = time.perf_counter()
     try:
-        if todo:
-            executor.Executor(cfg, slots).run(todo, on_row)
+        if runnable:
+            executor.Executor(cfg, slots).run(runnable, on_row)
     except KeyboardInterrupt:
         progress.close()
         print(f"\ninterrupted: {sum(summary.statuses.values())} rows saved in {store.path}; "
@@ -115,11 +136,4 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     finally:
         summary.wall_s = time.perf_counter() - t0
         progress.close()
-    if cfg.store.compact:
-        store.compact()
-    print(summary.line(), flush=True)
-    if cfg.report.enabled and output_dir:
-        from orchestrator import report
-
-        report.for_sweep(cfg, store, cells, output_dir)
     return summary

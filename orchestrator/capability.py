@@ -1,0 +1,47 @@
+"""What a device model cannot run, known before any work is spent on it.
+
+A cell bound to a named GPU model (a Ray accelerator type) or to the CPU that cannot run
+on it gets an ``unsupported`` row with the reason, and is never scheduled. Cells bound to
+``any`` GPU run, and PyTorch itself says what it cannot do. No torch here.
+"""
+
+from __future__ import annotations
+
+# Compute capability of the accelerator types Ray reports (ray.util.accelerators names).
+COMPUTE_CAPABILITY = {
+    "K80": (3, 7), "P4": (6, 1), "P100": (6, 0), "V100": (7, 0), "T4": (7, 5), "Turing": (7, 5),
+    "A100": (8, 0), "A100-40G": (8, 0), "A100-80G": (8, 0), "A10G": (8, 6), "A10": (8, 6),
+    "L4": (8, 9), "L40S": (8, 9), "H100": (9, 0), "H200": (9, 0), "H20": (9, 0), "GH200": (9, 0),
+    "B200": (10, 0), "GB200": (10, 0),
+}
+FLASH_MAX_HEAD_DIM = 256
+HALF = ("float16", "bfloat16")
+
+
+def _gpu_reason(cell, cc: tuple[int, int], name: str) -> str | None:
+    sm = f"sm{cc[0]}{cc[1]}"
+    if cell.dtype == "bfloat16" and cc < (8, 0):
+        return f"bfloat16 needs sm80 or newer; {name} is {sm}"
+    if cell.backend == "flash":
+        if cc < (8, 0):
+            return f"flash attention needs sm80 or newer; {name} is {sm}"
+        if cell.dtype not in HALF:
+            return f"flash attention takes float16 or bfloat16, not {cell.dtype}"
+        if cell.head_dim > FLASH_MAX_HEAD_DIM:
+            return f"flash attention takes head sizes up to {FLASH_MAX_HEAD_DIM}, not {cell.head_dim}"
+    if cell.backend == "cudnn":
+        if cc < (8, 0):
+            return f"cuDNN attention needs sm80 or newer; {name} is {sm}"
+        if cell.dtype not in HALF:
+            return f"cuDNN attention takes float16 or bfloat16, not {cell.dtype}"
+    return None
+
+
+def reason(cell) -> str | None:
+    """Why the cell's target cannot run it, or None when it may (or when nothing is known)."""
+    if cell.target == "cpu":
+        if cell.backend in ("efficient", "cudnn"):
+            return f"{cell.backend} attention has no CPU kernel in PyTorch"
+        return None
+    cc = COMPUTE_CAPABILITY.get(cell.target)
+    return _gpu_reason(cell, cc, cell.target) if cc else None
