@@ -11,6 +11,9 @@ Adding one::
     @register("mine")
     def mine(q, k, v, causal):
         return lambda: my_kernel(q, k, v, causal=causal)
+
+A backend that also gives ``attend`` (a factory ``(seq_len, causal, device) -> f(q, k, v)``)
+can run inside a model too: the encoder workload calls it in place of each layer's SDPA.
 """
 
 from __future__ import annotations

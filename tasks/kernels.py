@@ -30,7 +30,7 @@ KERNELS = {
         "efficient": ("fused", r"fmha_cutlass|MemEffAttention"),  # fmha_cutlassF_*, fmha_cutlassB_*
         "cudnn": ("fused", r"cudnn\w*sdpa|fort_native_sdpa|flash_fprop|flash_bprop"),
         "flex": ("fused", r"triton|flex_attention"),  # inductor's triton_tem_fused_* kernels
-        "math": ("unfused", _SOFTMAX["cuda"]),  # softmax_warp_forward / cunn_SoftMaxForward
+        "math": ("unfused", _SOFTMAX["cuda"]),  # softmax_warp_forward (rows <= 1024), cunn_SoftMaxForward
         "eager": ("unfused", _SOFTMAX["cuda"]),
     },
     "cpu": {
@@ -44,7 +44,7 @@ _SDPA_OP = r"aten::_scaled_dot_product"  # CPU: eager must not reach SDPA at all
 
 
 def _any(pattern: str, names: list[str]) -> bool:
-    rx = re.compile(pattern)
+    rx = re.compile(pattern, re.IGNORECASE)  # softmax_warp_forward and cunn_SoftMaxForward alike
     return any(rx.search(n) for n in names)
 
 
@@ -65,7 +65,7 @@ def match(backend: str, kernel_names: list[str], device: str = "cuda") -> bool |
 
 def short(name: str) -> str:
     """`void ns::kernel<...>(args)` -> `ns::kernel`: template and argument lists dropped."""
-    name = name.removeprefix("void ").strip()
+    name = name.removeprefix("void ").replace("(anonymous namespace)::", "").strip()
     cut = min((i for i in (name.find("<"), name.find("(")) if i > 0), default=len(name))
     return name[:cut]
 

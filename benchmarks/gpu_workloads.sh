@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue 6 on a GPU machine (about 6 minutes on one H100): the notebook's encoder grid timed
+# right with each row's kernels checked, training (fwd_bwd) and FlexAttention cells, the
+# capacity search at head size 64 fp16 for batch 1 and 32, and the GPU tests.
+#   OUT=/tmp/issue6 bash benchmarks/gpu_workloads.sh
+# Everything lands under $OUT: one dataset per step, Hydra run folders (capacity.md and
+# capacity.png in runs/capacity/), and summary.txt.
+set -uo pipefail
+OUT=${OUT:-outputs/issue6}
+mkdir -p "$OUT"
+step() { echo; echo "=== $(date +%T) $*"; }
+run() { timeout "$1" python -m orchestrator "${@:2}" run.progress=false; echo "exit $?"; }
+
+step "1. the notebook's grid through nn.TransformerEncoder (fast path off, backend pinned)"
+run 150 +sweep=seed workload=encoder store.path="$OUT/encoder" hydra.run.dir="$OUT/runs/encoder"
+
+step "2. attention op: forward and training step, every backend and FlexAttention"
+run 120 +sweep=seed grid.backends=[eager,math,flash,efficient,cudnn,flex] grid.modes=[fwd,fwd_bwd] \
+  grid.seq_lens=[4096] grid.batch_sizes=[4] grid.head_dims=[64] grid.num_heads=[16] \
+  sweep_name=train store.path="$OUT/train" hydra.run.dir="$OUT/runs/train"
+
+step "3. the encoder's training step at seq 1024, FlexAttention included"
+run 90 +sweep=seed workload=encoder grid.backends=[eager,math,flash,efficient,cudnn,flex] \
+  grid.modes=[fwd_bwd] grid.seq_lens=[1024] sweep_name=encoder_train \
+  store.path="$OUT/encoder_train" hydra.run.dir="$OUT/runs/encoder_train"
+
+step "4. capacity: longest seq per backend, batch 1 and 32, 16 heads of 64, fp16"
+run 200 +sweep=capacity capacity.max_seq=65536 capacity.granularity=1024 \
+  store.path="$OUT/capacity" hydra.run.dir="$OUT/runs/capacity"
+
+step "5. GPU tests: pinned kernels really run, encoder flash vs math, flex, training memory"
+timeout 150 python -m pytest -m gpu tests/test_workloads.py -q -p no:cacheprovider 2>&1 | tail -25
+
+step "summary"
+python - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
+import sys
+import pandas as pd
+from orchestrator.store import Store
+pd.set_option("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 70)
+cols = ["workload", "backend", "mode", "batch_size", "seq_len", "status", "median_ms", "tflops",
+        "peak_allocated_bytes", "rel_error", "compile_s", "kernels_match"]
+for name in ("encoder", "train", "encoder_train"):
+    df = Store(f"{sys.argv[1]}/{name}").latest()
+    print(f"\n## {name}\n" + df.sort_values(["mode", "seq_len", "backend"])[cols].to_string(index=False))
+    bad = df[df["kernels_match"] == False]  # noqa: E712
+    print("kernels not matching their backend:", "none" if bad.empty else "")
+    for _, r in bad.iterrows():
+        print(f"  {r.backend} {r['mode']} n{r.seq_len}: {r.kernels}")
+    for _, r in df.drop_duplicates("backend").iterrows():
+        print(f"  kernels {r.backend:<9} {r['mode']:<7} {str(r.kernels)[:160]}")
+print(open(f"{sys.argv[1]}/runs/capacity/capacity.md").read())
+EOF
