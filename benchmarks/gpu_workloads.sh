@@ -10,17 +10,19 @@ OUT=${OUT:-outputs/issue6}
 mkdir -p "$OUT"
 step() { echo; echo "=== $(date +%T) $*"; }
 run() { timeout "$1" python -m orchestrator "${@:2}" run.progress=false; echo "exit $?"; }
+# steps 1-3 name the GPU kernels of every cell (torch.profiler; about 7 s more per cell)
+GPUK=measure.kernels=gpu
 
 step "1. the notebook's grid through nn.TransformerEncoder (fast path off, backend pinned)"
-run 150 +sweep=seed workload=encoder store.path="$OUT/encoder" hydra.run.dir="$OUT/runs/encoder"
+run 240 +sweep=seed workload=encoder $GPUK store.path="$OUT/encoder" hydra.run.dir="$OUT/runs/encoder"
 
 step "2. attention op: forward and training step, every backend and FlexAttention"
-run 120 +sweep=seed grid.backends=[eager,math,flash,efficient,cudnn,flex] grid.modes=[fwd,fwd_bwd] \
+run 200 +sweep=seed grid.backends=[eager,math,flash,efficient,cudnn,flex] grid.modes=[fwd,fwd_bwd] $GPUK \
   grid.seq_lens=[4096] grid.batch_sizes=[4] grid.head_dims=[64] grid.num_heads=[16] \
   sweep_name=train store.path="$OUT/train" hydra.run.dir="$OUT/runs/train"
 
 step "3. the encoder's training step at seq 1024, FlexAttention included"
-run 90 +sweep=seed workload=encoder grid.backends=[eager,math,flash,efficient,cudnn,flex] \
+run 120 +sweep=seed workload=encoder $GPUK grid.backends=[eager,math,flash,efficient,cudnn,flex] \
   grid.modes=[fwd_bwd] grid.seq_lens=[1024] sweep_name=encoder_train \
   store.path="$OUT/encoder_train" hydra.run.dir="$OUT/runs/encoder_train"
 

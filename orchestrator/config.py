@@ -19,6 +19,7 @@ MODES = ("fwd", "fwd_bwd")
 WORKLOADS = ("attention", "encoder")
 ISOLATION = ("pool", "task")
 DEVICES = ("auto", "cuda", "cpu")
+KERNEL_CHECKS = ("ops", "gpu", "off")
 RERUN = ("none", "failed", "all")
 
 
@@ -50,7 +51,7 @@ class MeasureConfig:
     flush_l2: bool = True
     memory: bool = True
     accuracy: bool = True
-    kernels: bool = True  # one profiled call records the kernels that ran (kernels, kernels_match)
+    kernels: str = "ops"  # one recorded call: ops (ATen operators), gpu (GPU kernels, torch.profiler), off
     seed: int = 0
 
 
@@ -175,6 +176,8 @@ def validate(cfg) -> None:
     for key in ("warmup_iters", "min_iters", "max_iters", "budget_ms"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"measure.{key} = {getattr(m, key)}: must be positive")
+    if m.kernels not in KERNEL_CHECKS:
+        raise ConfigError(f"measure.kernels = {m.kernels!r}: choose from {', '.join(KERNEL_CHECKS)}")
     if m.min_iters > m.max_iters:
         raise ConfigError(f"measure.min_iters = {m.min_iters} exceeds measure.max_iters = {m.max_iters}")
     if not cfg.store.path:

@@ -69,7 +69,8 @@ def measure(spec: dict, device: torch.device) -> dict:
             flush_l2=m["flush_l2"],
         )
         mem = timing.measure_memory(work.step, device) if m["memory"] else {}
-        ran = kernels.record(work.step, device, spec["backend"]) if m.get("kernels", True) else {}
+        how = m.get("kernels", "ops")
+        ran = kernels.record(work.step, device, spec["backend"], how, work.compiled) if how != "off" else {}
         err = work.check() if m["accuracy"] else None
     return {
         **compiled,

@@ -15,7 +15,7 @@ pytestmark = [
 ]
 
 MEASURE = dict(warmup_iters=2, warmup_ms=10, budget_ms=50, min_iters=5, max_iters=200, flush_l2=True,
-               memory=True, accuracy=True, kernels=True, seed=0)
+               memory=True, accuracy=True, kernels="ops", seed=0)
 
 
 def spec(backend, seq=1024, **kw):
