@@ -115,6 +115,7 @@ class DeviceWorker:
 @ray.remote(max_calls=1, max_retries=0)
 def run_task(spec: dict) -> dict:
     """The plain Ray way: this worker process measures the cell, then exits."""
+    import tasks.preload  # noqa: F401  (imports counted as start-up, as in pool mode)
     from tasks.cell import run_cell
 
     where = _where()

@@ -17,8 +17,8 @@ import sys
 import time
 from datetime import datetime, timezone
 
-# Imported once by the forkserver; names that fail to import are skipped by multiprocessing.
-PRELOAD = ["torch", "torch.profiler", "tasks.cell", "tasks.attention", "tasks.encoder", "tasks.kernels"]
+# Imported once by the forkserver (torch, tasks, and what cells import lazily): see tasks/preload.py.
+PRELOAD = ["tasks.preload"]
 
 
 def failure(status: str, message: str, started: float) -> dict:
