@@ -23,18 +23,21 @@ def _sync(device: torch.device) -> None:
 
 
 def warm_up(fn: Callable, device: torch.device, min_iters: int, min_ms: float) -> dict:
-    """Call fn until both min_iters calls and min_ms have passed; return the per-call estimate."""
+    """Call fn until both min_iters calls and min_ms have passed; return the per-call estimate.
+
+    Each call is waited for: the clock must see device time, not launch time (unsynchronised,
+    a long kernel gets queued hundreds of times within min_ms, and the wait comes after).
+    """
     _sync(device)
     t0 = time.perf_counter()
     first = None
     n = 0
     while n < min_iters or (time.perf_counter() - t0) * 1e3 < min_ms:
         fn()
+        _sync(device)
         n += 1
         if first is None:  # the first call carries compilation and plan building
-            _sync(device)
             first = time.perf_counter() - t0
-    _sync(device)
     total = time.perf_counter() - t0
     steady = (total - first) / (n - 1) if n > 1 else total
     return {"warmup_iters": n, "warmup_s": total, "first_call_s": first, "est_call_s": steady}
