@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 

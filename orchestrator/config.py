@@ -8,7 +8,7 @@ size) and raises ``ConfigError`` with one line naming the value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -33,12 +33,12 @@ class GridConfig:
     seq_lens: list[int] = MISSING
     batch_sizes: list[int] = MISSING
     head_dims: list[int] = MISSING
-    num_heads: Optional[list[int]] = None  # heads per cell; or derive them from model_dim
-    model_dim: Optional[int] = None  # heads = model_dim // head_dim for each head size
+    num_heads: list[int] | None = None  # heads per cell; or derive them from model_dim
+    model_dim: int | None = None  # heads = model_dim // head_dim for each head size
     dtypes: list[str] = MISSING
     causal: list[bool] = field(default_factory=lambda: [True])
     modes: list[str] = field(default_factory=lambda: ["fwd"])
-    accelerators: Optional[list[str]] = None  # Ray accelerator types; null: any free GPU
+    accelerators: list[str] | None = None  # Ray accelerator types; null: any free GPU
 
 
 @dataclass
@@ -76,9 +76,9 @@ class StoreConfig:
 
 @dataclass
 class ClusterConfig:
-    address: Optional[str] = None  # null: start a local cluster; "auto" or host:port: join one
-    num_cpus: Optional[int] = None  # local cluster only
-    num_gpus: Optional[int] = None  # local cluster only (limit, or fake GPUs for tests)
+    address: str | None = None  # null: start a local cluster; "auto" or host:port: join one
+    num_cpus: int | None = None  # local cluster only
+    num_gpus: int | None = None  # local cluster only (limit, or fake GPUs for tests)
     init: dict[str, Any] = field(default_factory=dict)  # more ray.init keyword arguments
 
 
@@ -97,7 +97,7 @@ class CapacityConfig:
     min_seq: int = 128
     max_seq: int = 131072
     granularity: int = 128  # trial lengths are multiples of this
-    memory_limit_bytes: Optional[int] = None  # a trial whose measured peak exceeds this counts as too large
+    memory_limit_bytes: int | None = None  # a trial whose measured peak exceeds this counts as too large
 
 
 @dataclass

@@ -16,8 +16,8 @@ import collections
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import ray
 
@@ -109,7 +109,8 @@ class DeviceWorker:
         t0, where = time.perf_counter(), _where()
         result = self.runner.run({**spec, "visible_devices": where["visible_devices"]}, timeout_s)
         wall = time.perf_counter() - t0
-        return {**result, "node_id": where["node_id"], "cuda_visible_devices": where["visible_devices"], "cell_wall_s": wall}
+        gpus = where["visible_devices"]
+        return {**result, "node_id": where["node_id"], "cuda_visible_devices": gpus, "cell_wall_s": wall}
 
 
 @ray.remote(max_calls=1, max_retries=0)

@@ -67,7 +67,7 @@ def _child(spec_conn, result_conn) -> None:
     result = run_cell(spec)
     result["spawn_s"] = received - spec["sent_at"]
     result_conn.send(result)
-    os._exit(0)  # no interpreter teardown: the runner waits for this process to be gone
+    os._exit(0)  # no interpreter teardown; the next cell waits until this process is gone
 
 
 def _noop() -> None:
@@ -113,19 +113,23 @@ class ForkRunner:
     """Runs cells, one fresh child each, with a deadline.
 
     The next cell's child is forked while the current one measures, so a cell waits only
-    for its own CUDA start; an idle child holds no GPU memory and touches no device.
+    for its own CUDA start; an idle child holds no GPU memory and touches no device. A
+    finished child exits while the next one starts CUDA: the next cell is told its pid and
+    waits until it is gone before it reads the device or measures anything.
     """
 
     def __init__(self, preload: list[str] = PRELOAD):
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(preload)
         self.next: Child | None = None
+        self.exiting: Child | None = None  # the last cell's child, on its way out
 
     def start(self) -> float:
         """Start the forkserver now (it imports torch once); return the seconds it took."""
         t0 = time.perf_counter()
         p = self.ctx.Process(target=_noop)
-        p.start()
+        with _main_not_rerun():
+            p.start()
         p.join()
         return time.perf_counter() - t0
 
@@ -139,26 +143,33 @@ class ForkRunner:
         started = time.time()
         child = self._take()
         result, timed_out = None, False
+        after = self.exiting.proc.pid if self.exiting is not None else None
         try:
-            child.spec_send.send({**spec, "sent_at": started})
+            child.spec_send.send({**spec, "sent_at": started, "after_pid": after})
+            self._reap()
             self.next = Child(self.ctx)  # forked while this cell runs
             timed_out = not child.result_recv.poll(timeout_s)
             if not timed_out:
                 result = child.result_recv.recv()
         except (EOFError, BrokenPipeError):  # the child died
             result = None
-        t_result = time.perf_counter()
-        if result is None and not timed_out:
+        if result is not None:
+            self.exiting = child  # it leaves by itself (os._exit): reaped during the next cell
+            return result
+        if not timed_out:
             child.proc.join(timeout=10)  # reap it to read its exit code
         child.close()  # kills a hung child; waits until the process is gone
         if timed_out:
             return failure("timeout", f"no result within the deadline of {timeout_s:g} s; child killed", started)
-        if result is None:
-            return failure("crashed", f"cell process {describe_exit(child.proc.exitcode)}", started)
-        result["teardown_s"] = time.perf_counter() - t_result
-        return result
+        return failure("crashed", f"cell process {describe_exit(child.proc.exitcode)}", started)
+
+    def _reap(self) -> None:
+        if self.exiting is not None:
+            self.exiting.close()
+            self.exiting = None
 
     def close(self) -> None:
+        self._reap()
         if self.next is not None:
             self.next.close()
             self.next = None

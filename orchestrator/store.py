@@ -85,8 +85,7 @@ COLUMNS = [
     ("ended_at", _T, "cell end (UTC)"),
     ("measure_s", _F, "seconds the cell spent measuring (after its process and CUDA start)"),
     ("spawn_s", _F, "seconds to start the cell's process (fork, or a Ray worker and imports)"),
-    ("startup_s", _F, "seconds from the cell's process start to its device being ready"),
-    ("teardown_s", _F, "seconds from the result to the cell's process being gone"),
+    ("startup_s", _F, "seconds from the cell's process start to its device being ready (the last cell gone)"),
     ("cell_wall_s", _F, "seconds from dispatch to result, process start included"),
 ]
 SCHEMA = pa.schema([(n, t) for n, t, _ in COLUMNS])

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import torch
 
 from tasks import kernels, timing
-from tasks.device import HAS_NVML, NvmlMonitor, environment, nvml_handle
+from tasks.device import HAS_NVML, NvmlMonitor, environment, nvml_handle, wait_gone
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -101,10 +101,11 @@ def run_cell(spec: dict) -> dict:
         warnings.simplefilter("always")
         try:
             device = _device(spec)
+            wait_gone(spec.get("after_pid"))  # the last cell's process has left the device
             out |= environment(device)
             monitor = NvmlMonitor(nvml_handle(out["gpu_uuid"])) if "gpu_uuid" in out else None
             t_measure = time.perf_counter()
-            out["startup_s"] = t_measure - t_start  # device context and NVML lookup
+            out["startup_s"] = t_measure - t_start  # device context, the last cell gone, NVML lookup
             with monitor or contextlib.nullcontext():
                 out |= measure(spec, device)
             if monitor:

@@ -39,6 +39,21 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def wait_gone(pid: int | None, timeout_s: float = 60.0) -> None:
+    """Wait until process `pid` has exited: the previous cell on this device, whose GPU
+    memory must be released before this cell reads NVML (a zombie has released it)."""
+    deadline = time.monotonic() + timeout_s
+    while pid and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.001)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

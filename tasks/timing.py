@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -93,7 +93,7 @@ def _time_cuda(fn: Callable, device: torch.device, n: int, flush_l2: bool) -> li
         fn()
         ends[i].record()
     torch.cuda.synchronize(device)
-    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
 
 
 def cpu_peak_bytes(fn: Callable) -> int:

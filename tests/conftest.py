@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+import orchestrator.config  # noqa: F401  (registers the schema that conf/config.yaml names)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 

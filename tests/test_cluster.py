@@ -16,7 +16,6 @@ from test_scheduling import max_overlap
 
 from orchestrator.sweep import run
 
-
 # A loopback test cluster: Ray's token authentication off on both sides (on a real cluster
 # the driver reads the token that `ray start` wrote, or RAY_AUTH_TOKEN).
 NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
