@@ -172,6 +172,9 @@ class Executor:
         if self.pool:
             for s in slots:
                 s.actor = DeviceWorker.options(**s.options).remote()
+            # Start together: each actor's forkserver imports torch first (seconds), and a
+            # device whose actor comes up late would start its share of the cells late.
+            ray.wait([s.actor.info.remote() for s in slots], num_returns=len(slots), timeout=600)
 
     def spec(self, cell: Cell) -> dict:
         device = self.cfg.run.device
