@@ -139,6 +139,7 @@ class Flight:
     attempt: int
     sent: float
     errors: list = field(default_factory=list)
+    actor: object = None  # the actor it was sent to (pool mode)
 
 
 def _options(target: str, on_gpu: bool, cfg) -> dict:
@@ -186,14 +187,16 @@ class Executor:
     def _send(self, f: Flight):
         f.sent = time.perf_counter()
         if self.pool:
-            return f.slot.actor.run.remote(self.spec(f.cell), self.timeout)
+            f.actor = f.slot.actor
+            return f.actor.run.remote(self.spec(f.cell), self.timeout)
         return run_task.options(**f.slot.options).remote(self.spec(f.cell))
 
     def _collect(self, ref, f: Flight) -> dict:
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as exc:  # the device's actor died: start a new one
-            f.slot.actor = DeviceWorker.options(**f.slot.options).remote()
+            if f.slot.actor is f.actor:  # once, not again for the other cell queued on it
+                f.slot.actor = DeviceWorker.options(**f.slot.options).remote()
             return failure("crashed", f"device worker died: {str(exc).splitlines()[0]}", time.time())
         except ray.exceptions.RayError as exc:  # task mode: the worker process died
             return failure("crashed", f"cell process died: {str(exc).strip().splitlines()[0]}", time.time())

@@ -139,3 +139,38 @@ def test_an_unreadable_part_file_is_named_and_the_sweep_goes_on(smoke_dataset, t
     s = run(make_cfg("+sweep=smoke", store=store))
     assert "part-broken.parquet" in capsys.readouterr().out
     assert s.skipped == 6 and not s.statuses
+
+
+def test_a_device_worker_killed_from_outside_costs_only_its_cells_an_attempt(tmp_path):
+    """SIGKILL the pool actor that owns the device mid-sweep: its cells are retried on a new one."""
+    import threading
+
+    import psutil
+
+    ensure_ray(0)
+    store = tmp_path / "killed"
+    killed = []
+
+    def kill_worker_once():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if len(list(store.glob("part-*.parquet"))) >= 2:
+                for p in psutil.process_iter(["name", "cmdline"]):
+                    if "DeviceWorker" in " ".join(p.info["cmdline"] or []) or "DeviceWorker" in (p.info["name"] or ""):
+                        p.kill()
+                        killed.append(p.pid)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_worker_once)
+    t.start()
+    summary = run(make_cfg("+sweep=smoke", "grid.seq_lens=[64,80,96,112,128,144]", "measure.budget_ms=200",
+                           store=store))
+    t.join()
+    df = Store(store).read()
+    assert killed, "no device worker found to kill"
+    assert len(df) == 18 and df.cell_id.is_unique
+    assert (df.status == "ok").all(), df[["backend", "status", "error"]]
+    retried = df[df.attempts > 1]
+    assert len(retried) >= 1 and retried.error.str.contains("device worker died").all()
+    assert summary.statuses == {"ok": 18}
