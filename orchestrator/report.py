@@ -48,16 +48,17 @@ def complete(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def fill_platform(df: pd.DataFrame) -> pd.DataFrame:
-    """Crashed and timed-out rows carry no device or torch version: take them from the rows of the
-    same run and node when those agree on one, so such cells land in their shape's table."""
+    """Crashed, timed-out and pre-checked rows carry no device or torch version: take them from
+    the rows of the same run and node (or, for rows never scheduled, the same run and target)
+    when those agree on one, so such cells land in their shape's table."""
     df = complete(df).reset_index(drop=True)
-    where = ["run_id", "node_id"]
-    known = df.dropna(subset=PLATFORM).drop_duplicates([*where, *PLATFORM])
-    known = known.drop_duplicates(where, keep=False)[[*where, *PLATFORM]]
-    missing = df[PLATFORM].isna().any(axis=1)
-    fill = df.loc[missing, where].merge(known, on=where, how="left")
-    for c in PLATFORM:
-        df.loc[missing, c] = df.loc[missing, c].fillna(pd.Series(fill[c].to_numpy(), index=df.index[missing]))
+    for where in (["run_id", "node_id"], ["run_id", "target"]):
+        known = df.dropna(subset=[*where, *PLATFORM]).drop_duplicates([*where, *PLATFORM])
+        known = known.drop_duplicates(where, keep=False)[[*where, *PLATFORM]]
+        missing = df[PLATFORM].isna().any(axis=1)
+        fill = df.loc[missing, where].merge(known, on=where, how="left")
+        for c in PLATFORM:
+            df.loc[missing, c] = df.loc[missing, c].fillna(pd.Series(fill[c].to_numpy(), index=df.index[missing]))
     df[PLATFORM] = df[PLATFORM].fillna("?")
     return df
 

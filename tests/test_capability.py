@@ -34,8 +34,13 @@ def test_seed_grid_on_a_t4_cluster():
 def test_cpu_cells_that_cannot_run_are_rows_without_being_scheduled(tmp_path):
     ensure_ray(0)
     store = tmp_path / "r"
-    s = run(make_cfg("+sweep=smoke", "grid.backends=[math,efficient,cudnn]", "grid.seq_lens=[64]", store=store))
+    out = tmp_path / "out"
+    s = run(make_cfg("+sweep=smoke", "grid.backends=[math,efficient,cudnn]", "grid.seq_lens=[64]", store=store),
+            output_dir=str(out))
     df = Store(store).read().set_index("backend")
     assert df.loc["efficient", "status"] == "unsupported" and "no CPU kernel" in df.loc["efficient", "error"]
     assert df.loc["cudnn", "attempts"] == 0 and df.loc["math", "status"] == "ok"
     assert s.devices == 1 and s.statuses == {"ok": 1, "unsupported": 2}
+    summary = (out / "summary.md").read_text()  # one table: the never-scheduled rows sit beside math
+    assert summary.count("\n### ") == 1 and "· torch ?" not in summary
+    assert "no CPU kernel" in summary
