@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import torch
 
 from tasks import kernels, timing
-from tasks.device import HAS_NVML, NvmlMonitor, environment, nvml_handle, wait_gone
+from tasks.device import NvmlMonitor, environment, nvml_handle, wait_gone
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -118,5 +118,3 @@ def run_cell(spec: dict) -> dict:
     out.setdefault("pid", os.getpid())
     return out
 
-
-_ = HAS_NVML  # re-exported for callers that check it
