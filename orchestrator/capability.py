@@ -18,22 +18,23 @@ FLASH_MAX_HEAD_DIM = 256
 HALF = ("float16", "bfloat16")
 
 
+# Fused kernels that need sm80 and half precision (flash also caps the head size).
+FUSED = {"flash": ("flash attention", FLASH_MAX_HEAD_DIM), "cudnn": ("cuDNN attention", None)}
+
+
 def _gpu_reason(cell, cc: tuple[int, int], name: str) -> str | None:
     sm = f"sm{cc[0]}{cc[1]}"
     if cell.dtype == "bfloat16" and cc < (8, 0):
         return f"bfloat16 needs sm80 or newer; {name} is {sm}"
-    if cell.backend == "flash":
-        if cc < (8, 0):
-            return f"flash attention needs sm80 or newer; {name} is {sm}"
-        if cell.dtype not in HALF:
-            return f"flash attention takes float16 or bfloat16, not {cell.dtype}"
-        if cell.head_dim > FLASH_MAX_HEAD_DIM:
-            return f"flash attention takes head sizes up to {FLASH_MAX_HEAD_DIM}, not {cell.head_dim}"
-    if cell.backend == "cudnn":
-        if cc < (8, 0):
-            return f"cuDNN attention needs sm80 or newer; {name} is {sm}"
-        if cell.dtype not in HALF:
-            return f"cuDNN attention takes float16 or bfloat16, not {cell.dtype}"
+    if cell.backend not in FUSED:
+        return None
+    kernel, max_head = FUSED[cell.backend]
+    if cc < (8, 0):
+        return f"{kernel} needs sm80 or newer; {name} is {sm}"
+    if cell.dtype not in HALF:
+        return f"{kernel} takes float16 or bfloat16, not {cell.dtype}"
+    if max_head is not None and cell.head_dim > max_head:
+        return f"{kernel} takes head sizes up to {max_head}, not {cell.head_dim}"
     return None
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -279,7 +277,7 @@ def report(searches: list[Search], limit: int | None, output_dir: str | None) ->
 def run(cfg, output_dir: str | None = None):
     """The capacity sweep: like ``sweep.run``, with rounds of trial cells instead of a grid."""
     from orchestrator import executor
-    from orchestrator.sweep import Summary, git_commit, make_row
+    from orchestrator.sweep import RunLog
 
     executor.connect(cfg.cluster)
     sh = executor.shape()
@@ -287,34 +285,32 @@ def run(cfg, output_dir: str | None = None):
     store, limit = Store(cfg.store.path), cfg.capacity.memory_limit_bytes
     known = known_rows(store, cfg.run.rerun)
     slots = executor.make_slots([s.key for s in searches], sh, cfg)
-    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    summary = Summary(run_id, 0, 0, devices=len(slots))
-    ctx = {"run_id": run_id, "sweep": cfg.sweep_name, "isolation": cfg.run.isolation, "git_commit": git_commit()}
+    log = RunLog(cfg, store, len(slots))
+    summary = log.summary
     print(f"capacity {cfg.sweep_name!r}: {len(searches)} searches over {searches[0].lengths[0]}.."
           f"{searches[0].lengths[-1]} on {len(slots)} device(s)", flush=True)
 
-    def run_round(cells, on_trial):
-        def on_row(cell, res):
-            row = make_row(cell, res, ctx)
-            store.append([row])  # durable before the trial counts
-            summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
-            summary.measure_s += row.get("measure_s") or 0.0
-            if cfg.run.progress:
-                print(f"  {row['status']:<11} {cell.backend} b{cell.batch_size} n{cell.seq_len}: "
-                      f"{trial_bytes(row) or '-'} bytes", flush=True)
-            on_trial(cell, row)
-
-        executor.Executor(cfg, slots).run(cells, on_row)
-
     t0 = time.perf_counter()
-    run_rounds(searches, run_round, known, limit)
+    with executor.Executor(cfg, slots) as ex:  # one set of device workers for every round
+
+        def run_round(cells, on_trial):
+            def on_row(cell, res):
+                row = log.record(cell, res)
+                if cfg.run.progress:
+                    print(f"  {row['status']:<11} {cell.backend} b{cell.batch_size} n{cell.seq_len}: "
+                          f"{trial_bytes(row) or '-'} bytes", flush=True)
+                on_trial(cell, row)
+
+            ex.run(cells, on_row)
+
+        run_rounds(searches, run_round, known, limit)
     summary.wall_s = time.perf_counter() - t0
     summary.total = sum(len(s.trials) for s in searches)
     summary.skipped = summary.total - sum(summary.statuses.values())
     if cfg.store.compact:
         store.compact()
     results = report(searches, limit, output_dir)
-    store.save_run(run_id, {"sweep": cfg.sweep_name, "config": OmegaConf.to_container(cfg, resolve=True),
+    store.save_run(summary.run_id, {"sweep": cfg.sweep_name, "config": OmegaConf.to_container(cfg, resolve=True),
                             "capacity": results, "output_dir": output_dir})
     print(summary.line(), flush=True)
     return summary

@@ -164,7 +164,11 @@ def make_slots(cells: list[Cell], sh: Shape, cfg) -> list[Slot]:
 
 
 class Executor:
-    """Runs cells over the slots; calls on_row(cell, result) as each one ends for good."""
+    """Runs cells over the slots; calls on_row(cell, result) as each one ends for good.
+
+    A context manager: the device actors (and their forkservers) live until it closes, so
+    several ``run`` calls (the capacity search's rounds) share one start-up.
+    """
 
     def __init__(self, cfg, slots: list[Slot]):
         self.cfg, self.slots = cfg, slots
@@ -236,8 +240,6 @@ class Executor:
             for ref in inflight:
                 ray.cancel(ref, force=not self.pool)
             raise
-        finally:
-            self.close()
 
     def _overdue(self, inflight: dict) -> list[Flight]:
         """Task mode: cancel the tasks past their deadline and hand back their flights."""
@@ -259,6 +261,12 @@ class Executor:
             result["error"] = "; ".join([*f.errors, *last])
         result["attempts"] = f.attempt
         on_row(f.cell, result)
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         for s in self.slots:

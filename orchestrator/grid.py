@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -23,7 +24,7 @@ class Cell:
     seq_len: int
     target: str = "any"  # the accelerator type the cell must run on ("any": whichever is free)
 
-    @property
+    @functools.cached_property  # hashed once per cell: the driver asks for it many times
     def cell_id(self) -> str:
         """Stable across runs, machines and Python versions: a hash of the parameters."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()

@@ -47,6 +47,10 @@ class Summary:
         """Share of wall time x devices spent measuring."""
         return self.measure_s / (self.wall_s * self.devices) if self.wall_s and self.devices else 0.0
 
+    def count(self, row: dict) -> None:
+        self.statuses[row["status"]] = self.statuses.get(row["status"], 0) + 1
+        self.measure_s += row.get("measure_s") or 0.0
+
     def line(self) -> str:
         ran = sum(self.statuses.values())
         tally = ", ".join(f"{v} {k}" for k, v in sorted(self.statuses.items())) or "nothing to do"
@@ -59,6 +63,22 @@ class Summary:
 
 def make_row(cell: Cell, result: dict, ctx: dict) -> dict:
     return {**result, **cell.params(), "cell_id": cell.cell_id, "row_id": uuid.uuid4().hex, **ctx}
+
+
+class RunLog:
+    """One run's rows: each made durable as it lands, then tallied in the run's summary."""
+
+    def __init__(self, cfg, store: Store, devices: int, total: int = 0, skipped: int = 0):
+        run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        self.store, self.summary = store, Summary(run_id, total, skipped, devices=devices)
+        self.ctx = {"run_id": run_id, "sweep": cfg.sweep_name, "isolation": cfg.run.isolation,
+                    "git_commit": git_commit()}
+
+    def record(self, cell: Cell, result: dict) -> dict:
+        row = make_row(cell, result, self.ctx)
+        self.store.append([row])  # durable before the cell counts as done
+        self.summary.count(row)
+        return row
 
 
 def plan(cfg) -> list[Cell]:
@@ -99,35 +119,32 @@ def measure(cfg, todo: list[Cell], store: Store, sh, cells: list[Cell], output_d
     run become unsupported rows without being scheduled."""
     from orchestrator import executor
 
-    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    ctx = {"run_id": run_id, "sweep": cfg.sweep_name, "isolation": cfg.run.isolation, "git_commit": git_commit()}
-    store.save_run(run_id, {
+    why = {c.cell_id: r for c in todo if (r := capability.reason(c))}
+    runnable = [c for c in todo if c.cell_id not in why]
+    slots = executor.make_slots(runnable, sh, cfg) if runnable else []
+    log = RunLog(cfg, store, len(slots), len(cells), len(cells) - len(todo))
+    summary = log.summary
+    store.save_run(summary.run_id, {
         "sweep": cfg.sweep_name, "config": OmegaConf.to_container(cfg, resolve=True),
         "cells": [c.cell_id for c in cells], "cluster": {"gpus": sh.gpus, "cpus": sh.cpus},
         "output_dir": output_dir,
     })
-    rejected = [(c, r) for c in todo if (r := capability.reason(c))]
-    runnable = [c for c in todo if not capability.reason(c)]
-    slots = executor.make_slots(runnable, sh, cfg) if runnable else []
-    summary = Summary(run_id, len(cells), len(cells) - len(todo), devices=len(slots))
     print(f"sweep {cfg.sweep_name!r}: {len(cells)} cells, {len(todo)} to run, {summary.skipped} already in "
           f"{store.path}; {len(slots)} device(s) ({cfg.run.isolation} isolation)", flush=True)
     progress = Progress(len(todo), len(slots), cfg.sweep_name, enabled=cfg.run.progress)
 
     def on_row(cell: Cell, result: dict) -> None:
-        row = make_row(cell, result, ctx)
-        store.append([row])  # durable before the cell counts as done
-        summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
-        summary.measure_s += row.get("measure_s") or 0.0
-        progress.update(row)
+        progress.update(log.record(cell, result))
 
-    for cell, why in rejected:
-        on_row(cell, {"status": "unsupported", "error": f"{cell.target}: {why}", "attempts": 0,
-                      "ended_at": datetime.now(timezone.utc)})
+    for cell in todo:
+        if cell.cell_id in why:
+            on_row(cell, {"status": "unsupported", "error": f"{cell.target}: {why[cell.cell_id]}", "attempts": 0,
+                          "ended_at": datetime.now(timezone.utc)})
     t0 = time.perf_counter()
     try:
         if runnable:
-            executor.Executor(cfg, slots).run(runnable, on_row)
+            with executor.Executor(cfg, slots) as ex:
+                ex.run(runnable, on_row)
     except KeyboardInterrupt:
         progress.close()
         print(f"\ninterrupted: {sum(summary.statuses.values())} rows saved in {store.path}; "
