@@ -91,6 +91,8 @@ def main() -> None:
                 "startup_med_s": df.startup_s.median(),
                 "efficiency": s.efficiency,
             })
+            print(f"{mode}: {n} cells in {s.wall_s:.1f} s, {per_cell:.3f} s overhead per cell "
+                  f"(steady {steady:.3f} s)", flush=True)  # kept if a later mode is cut short
     import pandas as pd
 
     device = torch.cuda.get_device_name(0) if gpu else "cpu"
