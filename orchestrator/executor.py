@@ -179,7 +179,12 @@ class Executor:
                 s.actor = DeviceWorker.options(**s.options).remote()
             # Start together: each actor's forkserver imports torch first (seconds), and a
             # device whose actor comes up late would start its share of the cells late.
-            ray.wait([s.actor.info.remote() for s in slots], num_returns=len(slots), timeout=600)
+            t0 = time.perf_counter()
+            ready, _ = ray.wait([s.actor.info.remote() for s in slots], num_returns=len(slots), timeout=600)
+            starts = [i["startup_s"] for i in ray.get(ready)]
+            if starts:
+                print(f"{len(starts)} device worker(s) ready in {time.perf_counter() - t0:.1f} s "
+                      f"(forkserver start, importing torch: up to {max(starts):.1f} s)", flush=True)
 
     def spec(self, cell: Cell) -> dict:
         device = self.cfg.run.device

@@ -7,6 +7,7 @@ process sees as cuda:0; NVML finds the same board by that UUID.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import socket
@@ -29,8 +30,9 @@ def nvml_uuid(torch_uuid) -> str:
     return s if s.startswith(("GPU-", "MIG-")) else f"GPU-{s}"
 
 
+@functools.cache
 def nvml_handle(uuid: str):
-    """The NVML handle of the GPU with this UUID (NVML initialised on first use)."""
+    """The NVML handle of the GPU with this UUID (NVML initialised on first use; looked up once)."""
     pynvml.nvmlInit()
     return pynvml.nvmlDeviceGetHandleByUUID(uuid)
 

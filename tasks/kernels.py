@@ -86,7 +86,9 @@ def _gpu_kernels(fn: Callable, device: torch.device) -> list[str]:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    from tasks.timing import quiet_profiler
+
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize(device)
     names = (e.name() for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA)

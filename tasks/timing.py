@@ -8,7 +8,11 @@ data from it. On the CPU: the same with a monotonic clock.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -96,13 +100,32 @@ def _time_cuda(fn: Callable, device: torch.device, n: int, flush_l2: bool) -> li
     return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
 
 
+@contextlib.contextmanager
+def quiet_profiler():
+    """Drop the 'USDT:' and 'STAGE:' lines that kineto (torch 2.13) writes to stderr at each
+    profiler start and stop, two per cell; whatever else was written there is kept."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(("USDT:", "STAGE:")):
+                    sys.stderr.write(line)
+
+
 def cpu_peak_bytes(fn: Callable) -> int:
     """Peak of what one call allocates on the CPU, from the profiler's allocator events
     (the CPU allocator keeps no peak statistics of its own)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     del out
     events = prof.profiler.kineto_results.events()

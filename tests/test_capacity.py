@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import ensure_ray, make_cfg
 
@@ -114,13 +115,20 @@ def test_capacity_run_for_real(tmp_path):
 
     ensure_ray(0)
     store, out = tmp_path / "results", tmp_path / "out"
-    cfg = make_cfg("+sweep=capacity", "grid.backends=[math,flash]", "grid.batch_sizes=[1]", "grid.num_heads=[2]",
-                   "grid.head_dims=[16]", "grid.dtypes=[float32]", "capacity.min_seq=64", "capacity.max_seq=1024",
-                   "capacity.granularity=64", "capacity.memory_limit_bytes=2000000", store=store)
+    cfg = make_cfg("+sweep=capacity", "grid.backends=[math,flash,efficient]", "grid.batch_sizes=[1]",
+                   "grid.num_heads=[2]", "grid.head_dims=[16]", "grid.dtypes=[float32]", "capacity.min_seq=64",
+                   "capacity.max_seq=1024", "capacity.granularity=64", "capacity.memory_limit_bytes=2000000",
+                   store=store)
     summary = run(cfg, output_dir=str(out))
     df = Store(store).read()
-    assert len(df) == summary.total and set(df["status"]) == {"ok"} and set(df["sweep"]) == {"capacity"}
+    assert len(df) == summary.total and set(df["sweep"]) == {"capacity"}
+    assert set(df[df.backend != "efficient"]["status"]) == {"ok"}
+    # the CPU has no efficient kernel: known before any work, one row, never scheduled
+    eff = df[df.backend == "efficient"]
+    assert len(eff) == 1 and eff.iloc[0]["status"] == "unsupported" and eff.iloc[0]["attempts"] == 0
+    assert "no CPU kernel" in eff.iloc[0]["error"] and pd.isna(eff.iloc[0]["pid"])
     text = (out / "capacity.md").read_text()
+    assert "(unsupported)" in next(line for line in text.splitlines() if "| efficient |" in line)
     math_row = next(line for line in text.splitlines() if "| math |" in line)
     assert "1,024 (max tried)" in next(line for line in text.splitlines() if "| flash |" in line)
     assert "over the memory limit" in math_row and (out / "capacity.png").stat().st_size > 0
