@@ -8,9 +8,11 @@ per cell says what ran (``measure.kernels``):
   (``aten::_scaled_dot_product_flash_attention``, ``aten::_transformer_encoder_layer_fwd``,
   ...); costs milliseconds, on any device.
 * ``gpu``: the GPU kernels, from ``torch.profiler`` with CUDA activity
-  (``pytorch_flash::flash_fwd_kernel``, ``fmha_cutlassF_*``, ...). The profiler's first use
-  in a process costs about 7 s on an H100 (seen with torch 2.11), and every cell is a fresh
-  process: worth it for a verification run, not by default.
+  (``pytorch_flash::flash_fwd_kernel``, ``fmha_cutlassF_*``, ...). The profiler's first CUDA
+  use in a process costs about 7 s on an H100 (torch 2.11: 6.95 s, then 0.01 s a call), and
+  every cell is a fresh process. It cannot be paid once in the forkserver: a profiler run
+  there, even CPU-only, leaves the forked children unable to initialise CUDA. Worth it for a
+  verification run, not by default.
 
 ``match`` checks the names against the tables below.
 """
