@@ -7,6 +7,8 @@ on it gets an ``unsupported`` row with the reason, and is never scheduled. Cells
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 # Compute capability of the accelerator types Ray reports (ray.util.accelerators names).
 COMPUTE_CAPABILITY = {
     "K80": (3, 7), "P4": (6, 1), "P100": (6, 0), "V100": (7, 0), "T4": (7, 5), "Turing": (7, 5),
@@ -46,3 +48,12 @@ def reason(cell) -> str | None:
         return None
     cc = COMPUTE_CAPABILITY.get(cell.target)
     return _gpu_reason(cell, cc, cell.target) if cc else None
+
+
+def unsupported(cell) -> dict | None:
+    """The result of a cell its target cannot run (an ``unsupported`` row, never scheduled), or None."""
+    why = reason(cell)
+    if why is None:
+        return None
+    return {"status": "unsupported", "error": f"{cell.target}: {why}", "attempts": 0,
+            "ended_at": datetime.now(timezone.utc)}

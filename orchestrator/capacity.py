@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,18 +285,16 @@ def run(cfg, output_dir: str | None = None):
     searches = searches_for(cfg, sh.default_target)
     store, limit = Store(cfg.store.path), cfg.capacity.memory_limit_bytes
     known = known_rows(store, cfg.run.rerun)
-    why = {id(s): r for s in searches if (r := capability.reason(s.key))}
-    slots = executor.make_slots([s.key for s in searches if id(s) not in why], sh, cfg)
+    pre = {id(s): r for s in searches if (r := capability.unsupported(s.key))}
+    slots = executor.make_slots([s.key for s in searches if id(s) not in pre], sh, cfg)
     log = RunLog(cfg, store, len(slots))
     summary = log.summary
     print(f"capacity {cfg.sweep_name!r}: {len(searches)} searches over {searches[0].lengths[0]}.."
           f"{searches[0].lengths[-1]} on {len(slots)} device(s)", flush=True)
     for s in searches:  # the target cannot run it: one unsupported row, never scheduled
         cell = dataclasses.replace(s.key, seq_len=s.probe())
-        if id(s) in why and cell.cell_id not in known:
-            row = log.record(cell, {"status": "unsupported", "error": f"{cell.target}: {why[id(s)]}",
-                                    "attempts": 0, "ended_at": datetime.now(timezone.utc)})
-            _record(s, cell, row, limit)
+        if id(s) in pre and cell.cell_id not in known:
+            _record(s, cell, log.record(cell, pre[id(s)]), limit)
 
     t0 = time.perf_counter()
     with executor.Executor(cfg, slots) as ex:  # one set of device workers for every round

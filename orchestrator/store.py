@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 _S, _I, _F, _B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 _T = pa.timestamp("us", tz="UTC")
 
-# (column, type, meaning): the README's column table is generated from this list.
+# (column, type, meaning): the README's column table lists each (tests/test_readme.py checks).
 COLUMNS = [
     ("cell_id", _S, "hash of the cell's parameters (workload..target): the resume key"),
     ("run_id", _S, "the sweep run that wrote the row"),
@@ -63,8 +63,9 @@ COLUMNS = [
     ("peak_reserved_bytes", _I, "PyTorch peak reserved by the caching allocator"),
     ("nvml_used_before_bytes", _I, "NVML used memory of the cell's GPU before measuring"),
     ("nvml_used_peak_bytes", _I, "NVML used memory of the cell's GPU, peak polled while measuring"),
-    ("kernels", _S, "GPU kernels seen in one profiled call (`;`-separated)"),
-    ("kernels_match", _B, "whether those kernels belong to the pinned backend"),
+    ("kernels", _S, "what one recorded call ran (`;`-separated): ATen operators, or GPU kernels with "
+                    "measure.kernels=gpu"),
+    ("kernels_match", _B, "whether those belong to the pinned backend"),
     ("device_type", _S, "cuda or cpu"),
     ("device_name", _S, "GPU (or CPU) model"),
     ("compute_capability", _S, "CUDA compute capability"),

@@ -119,8 +119,8 @@ def measure(cfg, todo: list[Cell], store: Store, sh, cells: list[Cell], output_d
     run become unsupported rows without being scheduled."""
     from orchestrator import executor
 
-    why = {c.cell_id: r for c in todo if (r := capability.reason(c))}
-    runnable = [c for c in todo if c.cell_id not in why]
+    pre = {c.cell_id: r for c in todo if (r := capability.unsupported(c))}
+    runnable = [c for c in todo if c.cell_id not in pre]
     slots = executor.make_slots(runnable, sh, cfg) if runnable else []
     log = RunLog(cfg, store, len(slots), len(cells), len(cells) - len(todo))
     summary = log.summary
@@ -137,9 +137,8 @@ def measure(cfg, todo: list[Cell], store: Store, sh, cells: list[Cell], output_d
         progress.update(log.record(cell, result))
 
     for cell in todo:
-        if cell.cell_id in why:
-            on_row(cell, {"status": "unsupported", "error": f"{cell.target}: {why[cell.cell_id]}", "attempts": 0,
-                          "ended_at": datetime.now(timezone.utc)})
+        if cell.cell_id in pre:
+            on_row(cell, pre[cell.cell_id])
     t0 = time.perf_counter()
     try:
         if runnable:

@@ -12,8 +12,9 @@ Adding one::
     def mine(q, k, v, causal):
         return lambda: my_kernel(q, k, v, causal=causal)
 
-A backend that also gives ``attend`` (a factory ``(seq_len, causal, device) -> f(q, k, v)``)
-can run inside a model too: the encoder workload calls it in place of each layer's SDPA.
+A backend given as an ``attend`` factory instead (``(seq_len, causal, device) -> f(q, k, v)``,
+registered with ``register_attend``) runs inside a model too: the encoder workload calls it
+in place of each layer's SDPA.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class Backend:
     fn: Callable
     sdpa: SDPBackend | None = None  # the SDPA kernel pinned while fn runs
     compiled: bool = False  # built during warm-up (compile time recorded apart)
-    diagnostic: bool = False  # fault_* backends: provoke failures on purpose
     attend: Callable | None = None  # (seq_len, causal, device) -> f(q, k, v): the kernel alone, for models
 
     def pinned(self):
@@ -64,14 +64,14 @@ def get(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def bind(attend_factory: Callable) -> Callable:
-    """A backend fn from an attend factory: prepare for these inputs (untimed), then attend."""
+def register_attend(name: str, attend: Callable, **kw) -> None:
+    """A backend from an attend factory alone: its op fn prepares for the inputs (untimed), then attends."""
 
     def fn(q, k, v, causal):
-        attend = attend_factory(q.shape[-2], causal, q.device)
-        return lambda: attend(q, k, v)
+        run = attend(q.shape[-2], causal, q.device)
+        return lambda: run(q, k, v)
 
-    return fn
+    BACKENDS[name] = Backend(name, fn, attend=attend, **kw)
 
 
 def _sdpa_attend(n, causal, device):
@@ -84,7 +84,7 @@ for _name, _kind in [
     ("efficient", SDPBackend.EFFICIENT_ATTENTION),
     ("cudnn", SDPBackend.CUDNN_ATTENTION),
 ]:
-    register(_name, sdpa=_kind, attend=_sdpa_attend)(bind(_sdpa_attend))
+    register_attend(_name, _sdpa_attend, sdpa=_kind)
 
 
 def _eager_attend(n, causal, device):
@@ -100,7 +100,7 @@ def _eager_attend(n, causal, device):
     return attend
 
 
-register("eager", attend=_eager_attend)(bind(_eager_attend))
+register_attend("eager", _eager_attend)
 
 if HAS_FLEX:
     _flex_compiled = None
@@ -117,11 +117,11 @@ if HAS_FLEX:
         mask = create_block_mask(_causal, None, None, n, n, device=device.type) if causal else None
         return lambda q, k, v: _flex_compiled(q, k, v, block_mask=mask)
 
-    register("flex", compiled=True, attend=_flex_attend)(bind(_flex_attend))
+    register_attend("flex", _flex_attend, compiled=True)
 
 
-def names(include_diagnostic: bool = True) -> list[str]:
-    return sorted(n for n, b in BACKENDS.items() if include_diagnostic or not b.diagnostic)
+def names() -> list[str]:
+    return sorted(BACKENDS)
 
 
 from tasks import faults  # noqa: E402,F401  (registers the fault_* backends)

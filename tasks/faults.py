@@ -16,7 +16,7 @@ import torch
 from tasks.backends import register
 
 
-@register("fault_raise", diagnostic=True)
+@register("fault_raise")
 def fault_raise(q, k, v, causal):
     def run():
         raise ValueError("fault_raise: a Python exception raised on purpose")
@@ -24,7 +24,7 @@ def fault_raise(q, k, v, causal):
     return run
 
 
-@register("fault_oom", diagnostic=True)
+@register("fault_oom")
 def fault_oom(q, k, v, causal):
     """Really exhaust the device: 1 GiB blocks on a GPU until the allocator gives up."""
 
@@ -38,22 +38,22 @@ def fault_oom(q, k, v, causal):
     return run
 
 
-@register("fault_segfault", diagnostic=True)
+@register("fault_segfault")
 def fault_segfault(q, k, v, causal):
     return lambda: ctypes.string_at(0)  # reads address 0: SIGSEGV
 
 
-@register("fault_abort", diagnostic=True)
+@register("fault_abort")
 def fault_abort(q, k, v, causal):
     return lambda: os.kill(os.getpid(), signal.SIGABRT)
 
 
-@register("fault_exit", diagnostic=True)
+@register("fault_exit")
 def fault_exit(q, k, v, causal):
     return lambda: os._exit(3)
 
 
-@register("fault_hang", diagnostic=True)
+@register("fault_hang")
 def fault_hang(q, k, v, causal):
     def run():
         while True:
@@ -62,7 +62,7 @@ def fault_hang(q, k, v, causal):
     return run
 
 
-@register("fault_illegal_address", diagnostic=True)
+@register("fault_illegal_address")
 def fault_illegal_address(q, k, v, causal):
     """A GPU kernel that indexes far out of bounds (a device-side assert on CUDA)."""
     table = torch.zeros(16, device=q.device)

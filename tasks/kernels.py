@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import torch
 
+from tasks.timing import quiet_profiler
+
 MAX_CHARS = 4000  # the `kernels` column keeps this much of the `;`-joined short names
 
 _FASTPATH = {  # the fused encoder fast path, which never calls SDPA
@@ -87,8 +89,6 @@ def _gpu_kernels(fn: Callable, device: torch.device) -> list[str]:
     """Unique GPU kernel names of one call, in order of first launch (torch.profiler)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-
-    from tasks.timing import quiet_profiler
 
     with quiet_profiler(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()

@@ -84,6 +84,14 @@ def wait_for_rows(store, n, proc, timeout=180):
     raise AssertionError(f"fewer than {n} rows after {timeout} s")
 
 
+def signal_mid_sweep(store, run_dir, rows: int, sig) -> subprocess.Popen:
+    """A sweep in a driver process of its own, sent `sig` once `rows` rows are saved."""
+    proc = start_sweep(store, run_dir)
+    wait_for_rows(store, rows, proc)
+    os.kill(proc.pid, sig)
+    return proc
+
+
 def finish(proc):
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # what the killed driver left behind (Ray's processes)
@@ -95,9 +103,7 @@ def finish(proc):
 @pytest.mark.slow
 def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
     store = tmp_path / "results"
-    proc = start_sweep(store, tmp_path / "run1")
-    wait_for_rows(store, 6, proc)
-    os.kill(proc.pid, signal.SIGKILL)
+    proc = signal_mid_sweep(store, tmp_path / "run1", 6, signal.SIGKILL)
     proc.wait()
     before = Store(store).read()
     finish(proc)
@@ -115,9 +121,7 @@ def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     store = tmp_path / "results"
-    proc = start_sweep(store, tmp_path / "run1")
-    wait_for_rows(store, 3, proc)
-    os.kill(proc.pid, signal.SIGINT)
+    proc = signal_mid_sweep(store, tmp_path / "run1", 3, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     finish(proc)
     assert proc.returncode == 130, out[-3000:]
