@@ -1,23 +1,25 @@
-"""``python -m orchestrator [+sweep=NAME] [overrides]``: run a sweep (see conf/)."""
+"""``python -m orchestrator [+sweep=NAME] [overrides]`` (or ``attn-sweep``): run a sweep (see conf/)."""
 
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from orchestrator.config import ConfigError
-from orchestrator.sweep import run
+from orchestrator import cli, config  # noqa: F401  (config registers the schema conf/config.yaml names)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg) -> None:
-    try:
-        run(cfg, output_dir=HydraConfig.get().runtime.output_dir)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+@hydra.main(version_base="1.3", config_path=cli.CONF, config_name="config")
+def app(cfg) -> None:
+    from orchestrator import driver
+
+    cli.console()
+    code = driver.main(cfg, HydraConfig.get().runtime.output_dir)
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    cli.run(app)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,15 @@ memory (or the limit) is the extrapolation the notebook did by hand.
 from __future__ import annotations
 
 import dataclasses
-import time
+import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from orchestrator import capability
 from orchestrator.grid import Cell, expand
-from orchestrator.store import Store
+
+log = logging.getLogger(__name__)
 
 QUADRATIC = ("math", "eager")  # backends that materialise the N x N scores
 
@@ -174,149 +172,55 @@ def searches_for(cfg, default_target: str) -> list[Search]:
     return [Search(k, lengths(c.min_seq, c.max_seq, c.granularity)) for k in keys]
 
 
-def _fmt_n(n) -> str:
-    return "-" if n is None else f"{n:,}"
+class CapacityPlanner:
+    """Rounds of trial cells: every open search's next length, until all searches are done."""
+
+    def __init__(self, cfg, default_target: str):
+        self.searches = searches_for(cfg, default_target)
+        self.limit = cfg.capacity.memory_limit_bytes
+        self.pending: dict[Cell, Search] = {}
+        self.rounds = 0
+
+    def targets(self) -> set[str]:
+        return {s.key.target for s in self.searches}
+
+    def next_round(self) -> list[Cell]:
+        open_ = [s for s in self.searches if not s.done]
+        if open_ and self.pending:
+            log.info("capacity round %d: %d of %d searches still open", self.rounds, len(open_), len(self.searches))
+        self.pending = {dataclasses.replace(s.key, seq_len=s.probe()): s for s in open_}
+        self.rounds += bool(self.pending)
+        return list(self.pending)
+
+    def usable(self, row: dict) -> bool:
+        """Whether a stored row answers a trial (with a memory limit, an ok row needs its peak)."""
+        return self.limit is None or row.get("status") != "ok" or trial_bytes(row) is not None
+
+    def record(self, cell: Cell, row: dict) -> None:
+        s = self.pending.get(cell)
+        if s is not None:
+            s.record(cell.seq_len, fits(row, self.limit), row.get("status"), trial_bytes(row),
+                     _num(row.get("device_total_bytes")))
+
+    def results(self) -> list[dict]:
+        return [result(s, self.limit) for s in self.searches]
+
+    def trial_points(self) -> list[list[tuple[int, int]]]:
+        """Per search, the (seq_len, bytes) of its measured trials (for the plot)."""
+        return [sorted((t["seq_len"], t["bytes"]) for t in s.trials if t["bytes"] is not None) for s in self.searches]
 
 
-def table(results: list[dict]) -> str:
-    """The results as a markdown table."""
-    head = ("| workload | mode | dtype | batch | heads x dim | backend | longest that fits | first that fails "
-            "| trials | memory model | extrapolated longest |")
-    lines = [head, "|" + "---|" * 11]
-    for r in results:
-        fit_n = _fmt_n(r["longest_fit"]) + (" (max tried)" if r["at_max"] else "")
-        fail = f"{_fmt_n(r['first_fail'])} ({r['fail_status']})" if r["fail_status"] else "-"
-        lines.append(
-            f"| {r['workload']} | {r['mode']} | {r['dtype']} | {r['batch_size']} | {r['num_heads']} x "
-            f"{r['head_dim']} | {r['backend']} | {fit_n} | {fail} | {r['trials']} | {r['model']} | "
-            f"{_fmt_n(r['extrapolated'])} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(searches: list[Search], results: list[dict], path: Path) -> Path | None:
-    """Trial memory against seq_len, with the fitted model, one panel per searched shape."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = {}
-    for s, r in zip(searches, results, strict=True):
-        groups.setdefault(dataclasses.replace(s.key, backend=""), []).append((s, r))
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
-    for ax, (g, items) in zip(axes[0], groups.items(), strict=True):
-        for s, r in items:
-            pts = sorted((t["seq_len"], t["bytes"]) for t in s.trials if t["bytes"] is not None)
-            if not pts:
-                continue
-            line = ax.plot([p[0] for p in pts], [p[1] / 2**30 for p in pts], "o", label=s.key.backend)[0]
-            if r["coef"] is not None:
-                top = max(r["extrapolated"] or 0, pts[-1][0])
-                xs = np.geomspace(pts[0][0] / 2, top, 200)
-                ax.plot(xs, np.polyval(r["coef"], xs) / 2**30, "--", color=line.get_color())
-        if items[0][1]["limit_bytes"]:
-            ax.axhline(items[0][1]["limit_bytes"] / 2**30, color="grey", lw=0.8)
-        ax.set(xscale="log", yscale="log", xlabel="seq_len", ylabel="GiB",
-               title=f"{g.workload} {g.mode} {g.dtype} b{g.batch_size} {g.num_heads}x{g.head_dim}")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def known_rows(store: Store, rerun: str) -> dict[str, dict]:
-    """Rows of the dataset a trial may reuse, by cell id (the newest of each cell)."""
-    done = store.done(rerun)
-    if not done:
-        return {}
-    df = store.latest()
-    df = df[df["cell_id"].isin(done)]
-    return {r["cell_id"]: r for r in df.to_dict("records")}
-
-
-def run_rounds(searches: list[Search], run_round, known: dict, limit: int | None, log=print) -> int:
-    """Advance every search one trial per round until all are done; returns the rounds run.
-
-    ``run_round(cells, on_row)`` measures the cells (the executor, or a stand-in in tests)."""
-    rounds = 0
-    while open_ := [s for s in searches if not s.done]:
-        rounds += 1
-        trials = {dataclasses.replace(s.key, seq_len=s.probe()): s for s in open_}
+def run_rounds(planner: CapacityPlanner, run_round, known: dict) -> int:
+    """Drive a planner to the end without Ray (tests, and the logic the driver follows):
+    ``run_round(cells, on_row)`` measures; rows in ``known`` (by cell id) are reused."""
+    while cells := planner.next_round():
         todo = []
-        for cell, s in trials.items():
+        for cell in cells:
             row = known.get(cell.cell_id)
-            if row is not None and (limit is None or row.get("status") != "ok" or trial_bytes(row) is not None):
-                _record(s, cell, row, limit)
+            if row is not None and planner.usable(row):
+                planner.record(cell, row)
             else:
                 todo.append(cell)
         if todo:
-            run_round(todo, lambda cell, row, trials=trials: _record(trials[cell], cell, row, limit))
-        log(f"capacity round {rounds}: {len(trials)} trials ({len(trials) - len(todo)} from the dataset); "
-            f"{sum(not s.done for s in searches)} of {len(searches)} searches still open")
-    return rounds
-
-
-def _record(s: Search, cell: Cell, row: dict, limit: int | None) -> None:
-    s.record(cell.seq_len, fits(row, limit), row.get("status"), trial_bytes(row), _num(row.get("device_total_bytes")))
-
-
-def report(searches: list[Search], limit: int | None, output_dir: str | None) -> list[dict]:
-    results = [result(s, limit) for s in searches]
-    md = table(results)
-    print(md, flush=True)
-    if output_dir:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "capacity.md").write_text(md + "\n")
-        plot(searches, results, out / "capacity.png")
-        print(f"capacity: table and plot in {out}", flush=True)
-    return results
-
-
-def run(cfg, output_dir: str | None = None):
-    """The capacity sweep: like ``sweep.run``, with rounds of trial cells instead of a grid."""
-    from orchestrator import executor
-    from orchestrator.sweep import RunLog
-
-    executor.connect(cfg.cluster)
-    sh = executor.shape()
-    searches = searches_for(cfg, sh.default_target)
-    store, limit = Store(cfg.store.path), cfg.capacity.memory_limit_bytes
-    known = known_rows(store, cfg.run.rerun)
-    pre = {id(s): r for s in searches if (r := capability.unsupported(s.key))}
-    slots = executor.make_slots([s.key for s in searches if id(s) not in pre], sh, cfg)
-    log = RunLog(cfg, store, len(slots))
-    summary = log.summary
-    print(f"capacity {cfg.sweep_name!r}: {len(searches)} searches over {searches[0].lengths[0]}.."
-          f"{searches[0].lengths[-1]} on {len(slots)} device(s)", flush=True)
-    for s in searches:  # the target cannot run it: one unsupported row, never scheduled
-        cell = dataclasses.replace(s.key, seq_len=s.probe())
-        if id(s) in pre and cell.cell_id not in known:
-            _record(s, cell, log.record(cell, pre[id(s)]), limit)
-
-    t0 = time.perf_counter()
-    with executor.Executor(cfg, slots) as ex:  # one set of device workers for every round
-
-        def run_round(cells, on_trial):
-            def on_row(cell, res):
-                row = log.record(cell, res)
-                if cfg.run.progress:
-                    print(f"  {row['status']:<11} {cell.backend} b{cell.batch_size} n{cell.seq_len}: "
-                          f"{trial_bytes(row) or '-'} bytes", flush=True)
-                on_trial(cell, row)
-
-            ex.run(cells, on_row)
-
-        run_rounds(searches, run_round, known, limit)
-    summary.wall_s = time.perf_counter() - t0
-    summary.total = sum(len(s.trials) for s in searches)
-    summary.skipped = summary.total - sum(summary.statuses.values())
-    if cfg.store.compact:
-        store.compact()
-    results = report(searches, limit, output_dir)
-    store.save_run(summary.run_id, {"sweep": cfg.sweep_name, "config": OmegaConf.to_container(cfg, resolve=True),
-                            "capacity": results, "output_dir": output_dir})
-    print(summary.line(), flush=True)
-    return summary
+            run_round(todo, planner.record)
+    return planner.rounds

@@ -14,13 +14,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from orchestrator.rows import STATUSES
+
 DTYPES = ("float16", "bfloat16", "float32")
 MODES = ("fwd", "fwd_bwd")
 WORKLOADS = ("attention", "encoder")
 ISOLATION = ("pool", "task")
 DEVICES = ("auto", "cuda", "cpu")
 KERNEL_CHECKS = ("ops", "gpu", "off")
-RERUN = ("none", "failed", "all")
+METHODS = ("auto", "graph", "events")
+RERUN = ("none", "failed", "changed", "all")
 
 
 class ConfigError(ValueError):
@@ -43,11 +46,16 @@ class GridConfig:
 
 @dataclass
 class MeasureConfig:
-    warmup_iters: int = 3
-    warmup_ms: float = 100.0
-    budget_ms: float = 500.0  # time spent in timed calls, within [min_iters, max_iters]
-    min_iters: int = 10
-    max_iters: int = 1000
+    """How a cell is measured (tasks/timing.py). Part of what a stored row is: a sweep with other
+    settings says so, and ``run.rerun=changed`` measures those cells again."""
+
+    warmup_iters: int = 2  # warm-up: at least this many calls (the first, compiling one included)...
+    warmup_ms: float = 25.0  # ... and this long
+    method: str = "auto"  # auto: CUDA-graph replays where the call captures, else events; graph; events
+    precision: float = 0.005  # stop once the median's 95% CI is within this share of it (0: never early)
+    budget_ms: float = 100.0  # or once this much time went to timed calls...
+    min_iters: int = 3  # ... but never before this many
+    max_iters: int = 1000  # and never more than this many
     flush_l2: bool = True
     memory: bool = True
     accuracy: bool = True
@@ -58,13 +66,18 @@ class MeasureConfig:
 @dataclass
 class RunConfig:
     isolation: str = "pool"  # pool: an actor per GPU forks a child per cell; task: a Ray task per cell
-    cell_timeout_s: float = 300.0
+    cell_timeout_s: float = 300.0  # a cell's own work, from its process being ready to its result
+    start_timeout_s: float = 180.0  # a cell process's start (CUDA context), apart from the cell's deadline
     retries: int = 1  # for crashed and timed-out cells
-    rerun: str = "none"  # none: resume; failed: also error/crashed/timeout; all: everything
+    rerun: str = "none"  # none: resume; failed: also error/crashed/timeout; changed: also cells measured
+    #                      with other measure settings; all: everything
+    fail_on: list[str] = field(default_factory=list)  # exit 1 when a cell of this run ends in one of these
     max_cells: int = 20000
-    device: str = "auto"  # auto: cuda on GPU slots, cpu otherwise; cpu: measure on the CPU anyway
+    device: str = "auto"  # auto: cuda on GPU slots, cpu otherwise; cuda: refuse a cluster without GPUs;
+    #                       cpu: measure on the CPU anyway (GPU slots only schedule)
     cpu_workers: int = 1  # cells at once on a cluster with no GPU
     cpus_per_gpu_cell: float = 0.01
+    prewarm: int = 2  # pool mode on a GPU: cell processes started ahead (CUDA context) while one measures
     progress: bool = True
 
 
@@ -76,10 +89,12 @@ class StoreConfig:
 
 @dataclass
 class ClusterConfig:
-    address: str | None = None  # null: start a local cluster; "auto" or host:port: join one
-    num_cpus: int | None = None  # local cluster only
-    num_gpus: int | None = None  # local cluster only (limit, or fake GPUs for tests)
+    address: str | None = None  # null: a private local cluster (or RAY_ADDRESS); auto, host:port, ray://: join
+    num_cpus: int | None = None  # private local cluster only
+    num_gpus: int | None = None  # private local cluster only (a limit; more than the host has only with
+    #                              run.device=cpu, to test scheduling)
     init: dict[str, Any] = field(default_factory=dict)  # more ray.init keyword arguments
+    verbose: bool = False  # Ray's own start-up messages on the terminal (always in the run folder's ray.log)
 
 
 @dataclass
@@ -135,15 +150,32 @@ def _member(name: str, values, allowed) -> None:
 
 
 def validate(cfg) -> None:
-    """Raise ConfigError on the first bad value; return quietly if all is well."""
-    from tasks.backends import names  # torch is imported here, not by Hydra's composition
+    """Raise ConfigError on the first bad value; return quietly if all is well. Never imports
+    torch or Ray, and never expands the grid: a grid's size is known from its axes."""
+    import tasks.faults  # noqa: F401  (registers the fault_* backends; no torch at import)
+    from orchestrator.grid import count
+    from tasks.backends import names
 
     try:  # keys added with `+` on the command line escape Hydra's own check
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{exc.full_key}: {str(exc).splitlines()[0]}") from None
-    g = cfg.grid
-    _member("grid.backends", g.backends, names())
+    _grid(cfg.grid, names())
+    if cfg.workload not in WORKLOADS:
+        raise ConfigError(f"workload = {cfg.workload!r}: unknown; choose from {', '.join(WORKLOADS)}")
+    _run(cfg.run)
+    _measure(cfg.measure)
+    _cluster(cfg.cluster)
+    if not cfg.store.path:
+        raise ConfigError("store.path is empty")
+    _capacity(cfg)
+    n = count(cfg)
+    if n > cfg.run.max_cells and not cfg.capacity.enabled:
+        raise ConfigError(f"the grid has {n:,} cells, over run.max_cells = {cfg.run.max_cells:,}")
+
+
+def _grid(g, backends) -> None:
+    _member("grid.backends", g.backends, backends)
     _positive("grid.seq_lens", g.seq_lens)
     _positive("grid.batch_sizes", g.batch_sizes)
     _positive("grid.head_dims", g.head_dims)
@@ -158,31 +190,53 @@ def validate(cfg) -> None:
         for d in g.head_dims:
             if g.model_dim <= 0 or g.model_dim % d:
                 raise ConfigError(f"grid.model_dim = {g.model_dim}: not a positive multiple of head dim {d}")
-    if cfg.workload not in WORKLOADS:
-        raise ConfigError(f"workload = {cfg.workload!r}: unknown; choose from {', '.join(WORKLOADS)}")
-    r = cfg.run
+
+
+def _run(r) -> None:
     if r.isolation not in ISOLATION:
         raise ConfigError(f"run.isolation = {r.isolation!r}: choose from {', '.join(ISOLATION)}")
     if r.device not in DEVICES:
         raise ConfigError(f"run.device = {r.device!r}: choose from {', '.join(DEVICES)}")
     if r.rerun not in RERUN:
         raise ConfigError(f"run.rerun = {r.rerun!r}: choose from {', '.join(RERUN)}")
-    for key in ("cell_timeout_s", "cpu_workers", "max_cells"):
+    for key in ("cell_timeout_s", "start_timeout_s", "cpu_workers", "max_cells"):
         if getattr(r, key) <= 0:
             raise ConfigError(f"run.{key} = {getattr(r, key)}: must be positive")
-    if r.retries < 0:
-        raise ConfigError(f"run.retries = {r.retries}: must be 0 or more")
-    m = cfg.measure
+    for key in ("retries", "prewarm"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"run.{key} = {getattr(r, key)}: must be 0 or more")
+    for i, status in enumerate(r.fail_on):
+        if status not in STATUSES:
+            raise ConfigError(f"run.fail_on[{i}] = {status!r}: not a status; choose from {', '.join(STATUSES)}")
+
+
+def _measure(m) -> None:
     for key in ("warmup_iters", "min_iters", "max_iters", "budget_ms"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"measure.{key} = {getattr(m, key)}: must be positive")
+    if m.warmup_ms < 0 or not 0 <= m.precision < 1:
+        raise ConfigError(f"measure.warmup_ms = {m.warmup_ms}, measure.precision = {m.precision}: "
+                          "warm-up 0 or more ms, precision a share in [0, 1)")
     if m.kernels not in KERNEL_CHECKS:
         raise ConfigError(f"measure.kernels = {m.kernels!r}: choose from {', '.join(KERNEL_CHECKS)}")
+    if m.method not in METHODS:
+        raise ConfigError(f"measure.method = {m.method!r}: choose from {', '.join(METHODS)}")
     if m.min_iters > m.max_iters:
         raise ConfigError(f"measure.min_iters = {m.min_iters} exceeds measure.max_iters = {m.max_iters}")
-    if not cfg.store.path:
-        raise ConfigError("store.path is empty")
-    _capacity(cfg)
+
+
+def _cluster(c) -> None:
+    import os
+
+    if c.num_cpus is not None and c.num_cpus < 1:
+        raise ConfigError(f"cluster.num_cpus = {c.num_cpus}: a cluster needs at least 1 CPU")
+    if c.num_gpus is not None and c.num_gpus < 0:
+        raise ConfigError(f"cluster.num_gpus = {c.num_gpus}: must be 0 or more")
+    joining = c.address or os.environ.get("RAY_ADDRESS")
+    if joining and (c.num_cpus is not None or c.num_gpus is not None):
+        where = f"cluster.address = {c.address!r}" if c.address else f"RAY_ADDRESS = {os.environ['RAY_ADDRESS']!r}"
+        raise ConfigError(f"cluster.num_cpus / cluster.num_gpus size a private local cluster; with {where} the "
+                          "existing cluster's resources apply: drop them (or use cluster.address=null)")
 
 
 def _capacity(cfg) -> None:

@@ -1,280 +1,277 @@
-"""Ray, and nothing but Ray: start or join a cluster, run cells one device each, stream rows.
+"""Run cells on the cluster's devices, one device each, and hand back each cell's result.
 
-Two isolation modes, each running every cell in a fresh process on exactly one device:
+Two launchers behind one interface, each running every cell in a fresh process on exactly
+one device:
 
-* ``pool`` (default): one long-lived actor per GPU (``num_gpus=1``) owns a forkserver
-  preloaded with torch; each cell is a fresh child forked from it (``isolation.py``).
-* ``task``: one ``@ray.remote(max_calls=1)`` task per cell: the plain Ray way, a new
-  worker process per cell, which pays Python start, ``import torch`` and CUDA each time.
+* ``PoolLauncher`` (``run.isolation=pool``, default): one long-lived actor per device
+  (``num_gpus=1``) runs each cell in a fresh child forked from a torch-preloaded fork server
+  (``isolation.py``); the actor takes the next cells while one measures, so their processes
+  start and prepare meanwhile. It enforces each cell's deadline itself.
+* ``TaskLauncher`` (``run.isolation=task``): one ``@ray.remote(max_calls=1)`` task per cell, the
+  plain Ray way: a new worker process per cell, which pays Python start, ``import torch`` and
+  CUDA each time. Each task says through a queue when it is ready to measure; its deadline
+  counts from then.
 
-On a cluster without GPUs the same paths run cells on the CPU, ``run.cpu_workers`` at once.
+``Executor`` keeps every device busy, longest cells first (so that no device idles at the
+end), retries crashed and timed-out cells, and reports each device's current cell.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
+from ray.util.queue import Queue
 
-from orchestrator.config import ConfigError
+from orchestrator import forkserver
+from orchestrator.cluster import ClusterError, where
 from orchestrator.grid import Cell
 from orchestrator.isolation import ForkRunner, failure
+from orchestrator.rows import RETRYABLE, Status
 
-RETRYABLE = ("crashed", "timeout")
-
-
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a host:port nobody answers (ray.init would retry for minutes)."""
-    hostport = address.split("://", 1)[-1]
-    if address == "auto" or ":" not in hostport:
-        return
-    host, _, port = hostport.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cluster.address = {address!r}: cannot connect ({exc})") from None
-
-
-def connect(cluster) -> None:
-    """Join the configured cluster, or start a local one; safe to call twice."""
-    if ray.is_initialized():
-        return
-    kw = {"include_dashboard": False, "log_to_driver": True, **dict(cluster.init)}
-    if cluster.address:
-        check_reachable(cluster.address)
-        try:
-            ray.init(address=cluster.address, **kw)
-        except Exception as exc:  # unreachable address, no cluster running, version skew
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"cluster.address = {cluster.address!r}: cannot connect ({first})") from None
-        return
-    ray.init(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, **kw)
-
-
-@dataclass
-class Shape:
-    """What the cluster offers: GPUs by accelerator type ("any" counts all), and CPUs."""
-
-    gpus: dict[str, int] = field(default_factory=dict)
-    cpus: float = 0.0
-
-    @property
-    def default_target(self) -> str:
-        types = [t for t in self.gpus if t != "any"]
-        if not self.gpus.get("any"):
-            return "cpu"
-        return types[0] if len(types) == 1 else "any"
-
-
-def shape() -> Shape:
-    s = Shape()
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        res = node["Resources"]
-        s.cpus += res.get("CPU", 0)
-        n = int(res.get("GPU", 0))
-        if n:
-            s.gpus["any"] = s.gpus.get("any", 0) + n
-            for key in res:
-                if key.startswith("accelerator_type:"):
-                    t = key.split(":", 1)[1]
-                    s.gpus[t] = s.gpus.get(t, 0) + n
-    return s
-
-
-def _where() -> dict:
-    ctx = ray.get_runtime_context()
-    gpus = ctx.get_accelerator_ids().get("GPU", [])
-    return {"node_id": ctx.get_node_id(), "visible_devices": ",".join(gpus) if gpus else None}
-
-
-@ray.remote
-class DeviceWorker:
-    """Owns one device for the whole sweep; runs each cell in a fresh forked child."""
-
-    def __init__(self):
-        self.runner = ForkRunner()
-        self.startup_s = self.runner.start()
-
-    def info(self) -> dict:
-        return {**_where(), "pid": os.getpid(), "startup_s": self.startup_s}
-
-    def run(self, spec: dict, timeout_s: float) -> dict:
-        t0, where = time.perf_counter(), _where()
-        result = self.runner.run({**spec, "visible_devices": where["visible_devices"]}, timeout_s)
-        wall = time.perf_counter() - t0
-        gpus = where["visible_devices"]
-        return {**result, "node_id": where["node_id"], "cuda_visible_devices": gpus, "cell_wall_s": wall}
-
-
-@ray.remote(max_calls=1, max_retries=0)
-def run_task(spec: dict) -> dict:
-    """The plain Ray way: this worker process measures the cell, then exits."""
-    import tasks.preload  # noqa: F401  (imports counted as start-up, as in pool mode)
-    from tasks.cell import run_cell
-
-    where = _where()
-    return {**run_cell(spec), "node_id": where["node_id"], "cuda_visible_devices": where["visible_devices"]}
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Slot:
-    """One device's worth of capacity for one target: an actor (pool) or a task slot."""
+    """One device's worth of capacity for one target; ``info`` is what its probe found."""
 
     target: str
     options: dict
-    actor: object = None
+    index: int
+    handle: object = None  # the pool actor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        env = self.info.get("env", {})
+        if env.get("device_type") == "cuda":
+            return f"GPU {env.get('nvml_index', self.index)} {self.info.get('host', '')}".strip()
+        return f"{'CPU' if self.target == 'cpu' else self.target} {self.index}"
+
+
+# ----------------------------------------------------------------------------- pool
+
+
+@ray.remote(max_concurrency=8)
+class DeviceWorker:
+    """Owns one device for the whole sweep; runs each cell in a fresh forked child."""
+
+    def __init__(self, address: str | None, device: str, dtypes: list[str], prewarm: int, start_timeout_s: float):
+        self.server = None
+        if not address or not os.path.exists(address):  # another host: a fork server of our own
+            address, self.server = forkserver.start()
+        self.where = where()
+        self.runner = ForkRunner(address, device, self.where["visible_devices"], dtypes, prewarm, start_timeout_s)
+
+    def probe(self) -> dict:
+        t0 = time.perf_counter()
+        info = self.runner.probe()
+        return info | self.where | {"probe_s": time.perf_counter() - t0}
+
+    def run(self, spec: dict, timeout_s: float) -> dict:
+        return self.runner.run(spec, timeout_s) | {"node_id": self.where["node_id"],
+                                                   "cuda_visible_devices": self.where["visible_devices"]}
+
+
+class PoolLauncher:
+    depth = 3  # cells in flight per device: one measuring, the next ones starting and preparing
+
+    def __init__(self, cfg, fork_address: str | None):
+        self.cfg, self.address = cfg, fork_address
+
+    def _actor(self, slot: Slot):
+        r, device = self.cfg.run, "cpu" if slot.target == "cpu" or self.cfg.run.device == "cpu" else "cuda"
+        return DeviceWorker.options(**slot.options).remote(self.address, device, list(self.cfg.grid.dtypes),
+                                                           r.prewarm, r.start_timeout_s)
+
+    def start(self, slots: list[Slot]) -> None:
+        for s in slots:
+            s.handle = self._actor(s)
+        probes = [s.handle.probe.remote() for s in slots]
+        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=self.cfg.run.start_timeout_s + 300)
+        if len(ready) < len(probes):
+            raise ClusterError("device workers did not start within run.start_timeout_s (+300 s); Ray's resources: "
+                               f"{ray.available_resources()}")
+        for s, info in zip(slots, ray.get(probes), strict=True):
+            s.info = info
+
+    def submit(self, slot: Slot, spec: dict, timeout_s: float):
+        return slot.handle.run.remote(spec, timeout_s)
+
+    def lost(self, slot: Slot, exc: Exception, handle) -> dict:
+        if slot.handle is handle:  # replace the dead actor once, not again for its other queued cells
+            slot.handle = self._actor(slot)
+        return failure(Status.CRASHED.value, f"device worker died: {str(exc).strip().splitlines()[0]}", time.time())
+
+    def close(self, slots: list[Slot]) -> None:
+        for s in slots:
+            if s.handle is not None:
+                ray.kill(s.handle)
+                s.handle = None
+
+
+# ----------------------------------------------------------------------------- task
+
+
+@ray.remote(max_calls=1, max_retries=0)
+def run_task(spec: dict, queue) -> dict:
+    """The plain Ray way: this worker process measures the cell, then exits."""
+    import tasks.preload  # noqa: F401  (imports counted as start-up, as in pool mode)
+    from tasks.cell import run_cell
+
+    here = where()
+    result = run_cell(spec, on_ready=lambda: queue.put(("ready", spec["token"], time.time())))
+    return result | {"node_id": here["node_id"], "cuda_visible_devices": here["visible_devices"]}
+
+
+@ray.remote(max_calls=1, max_retries=0)
+def probe_task(device: str, dtypes: list[str]) -> dict:
+    """A device's environment and ceilings, in task mode (one task per device, all at once)."""
+    import tasks.preload  # noqa: F401
+    from tasks import ceilings
+    from tasks.cell import start_device
+
+    try:
+        dev, env = start_device(device, dtypes)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]} | where()
+    return {"env": env, "ceilings": ceilings.measure(dtypes, dev)} | where()
+
+
+class TaskLauncher:
+    depth = 1
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.ready: dict[str, float] = {}
+
+    def start(self, slots: list[Slot]) -> None:
+        device = "cpu" if self.cfg.run.device == "cpu" else "cuda"
+        refs = [probe_task.options(**s.options).remote("cpu" if s.target == "cpu" else device,
+                                                        list(self.cfg.grid.dtypes)) for s in slots]
+        for s, info in zip(slots, ray.get(refs), strict=True):
+            s.info = info
+
+    def submit(self, slot: Slot, spec: dict, timeout_s: float):
+        return run_task.options(**slot.options).remote(spec, self.queue)
+
+    def poll_ready(self) -> None:
+        while not self.queue.empty():
+            _, token, _ = self.queue.get_nowait()
+            self.ready[token] = time.monotonic()
+
+    def lost(self, slot: Slot, exc: Exception, handle) -> dict:
+        return failure(Status.CRASHED.value, f"cell process died: {str(exc).strip().splitlines()[0]}", time.time())
+
+    def close(self, slots: list[Slot]) -> None:
+        ray.kill(self.queue.actor)
+
+
+# ----------------------------------------------------------------------------- dispatch
 
 
 @dataclass
 class Flight:
     cell: Cell
-    slot: Slot
-    attempt: int
-    sent: float
+    attempt: int = 1
     errors: list = field(default_factory=list)
-    actor: object = None  # the actor it was sent to (pool mode)
-
-
-def _options(target: str, on_gpu: bool, cfg) -> dict:
-    if not on_gpu:
-        return {"num_cpus": 1}
-    opts = {"num_gpus": 1, "num_cpus": cfg.run.cpus_per_gpu_cell}
-    if target not in ("any", "cpu"):
-        opts["resources"] = {f"accelerator_type:{target}": 0.001}
-    return opts
-
-
-def make_slots(cells: list[Cell], sh: Shape, cfg) -> list[Slot]:
-    slots = []
-    for target in sorted({c.target for c in cells}):
-        on_gpu = target != "cpu"
-        n = sh.gpus.get(target, 0) if on_gpu else cfg.run.cpu_workers
-        if n == 0:
-            have = ", ".join(t for t in sh.gpus if t != "any") or "none"
-            raise ConfigError(f"grid.accelerators: no GPU of type {target!r} in the cluster (types: {have})")
-        slots += [Slot(target, _options(target, on_gpu, cfg)) for _ in range(n)]
-    return slots
+    slot: Slot | None = None
+    handle: object = None
+    sent: float = 0.0
+    token: str = ""
 
 
 class Executor:
-    """Runs cells over the slots; calls on_row(cell, result) as each one ends for good.
+    """Runs cells over the slots; calls on_row(cell, result, slot) as each one ends for good."""
 
-    A context manager: the device actors (and their forkservers) live until it closes, so
-    several ``run`` calls (the capacity search's rounds) share one start-up.
-    """
-
-    def __init__(self, cfg, slots: list[Slot]):
-        self.cfg, self.slots = cfg, slots
-        self.pool = cfg.run.isolation == "pool"
+    def __init__(self, cfg, slots: list[Slot], launcher, progress=None, cost: Callable[[Cell], float] = lambda c: 0.0,
+                 spec: Callable[[Cell], dict] = None, tick: Callable[[], None] = lambda: None):
+        self.cfg, self.slots, self.launcher, self.progress = cfg, slots, launcher, progress
+        self.cost, self.spec, self.tick = cost, spec, tick
         self.timeout = float(cfg.run.cell_timeout_s)
-        if self.pool:
-            for s in slots:
-                s.actor = DeviceWorker.options(**s.options).remote()
-            # Start together: each actor's forkserver imports torch first (seconds), and a
-            # device whose actor comes up late would start its share of the cells late.
-            t0 = time.perf_counter()
-            ready, _ = ray.wait([s.actor.info.remote() for s in slots], num_returns=len(slots), timeout=600)
-            starts = [i["startup_s"] for i in ray.get(ready)]
-            if starts:
-                print(f"{len(starts)} device worker(s) ready in {time.perf_counter() - t0:.1f} s "
-                      f"(forkserver start, importing torch: up to {max(starts):.1f} s)", flush=True)
+        self.inflight: dict = {}
+        self.on_slot: dict[int, collections.deque] = {s.index: collections.deque() for s in slots}
 
-    def spec(self, cell: Cell) -> dict:
-        device = self.cfg.run.device
-        if device == "auto":
-            device = "cpu" if cell.target == "cpu" else "cuda"
-        m = self.cfg.measure
-        return {**cell.params(), "device": device, "seed": m.seed, "measure": dict(m)}
-
-    def _send(self, f: Flight):
-        f.sent = time.perf_counter()
-        if self.pool:
-            f.actor = f.slot.actor
-            return f.actor.run.remote(self.spec(f.cell), self.timeout)
-        return run_task.options(**f.slot.options).remote(self.spec(f.cell))
-
-    def _collect(self, ref, f: Flight) -> dict:
+    def run(self, cells: list[Cell], on_row: Callable) -> None:
+        """Until every cell has a final result: keep each slot fed (longest cells first)."""
+        queues = collections.defaultdict(list)
+        for c in sorted(cells, key=self.cost, reverse=True):
+            queues[c.target].append(Flight(c))
+        for q in queues.values():
+            q.reverse()  # pop() from the end: the longest first
         try:
-            return ray.get(ref)
-        except ray.exceptions.RayActorError as exc:  # the device's actor died: start a new one
-            if f.slot.actor is f.actor:  # once, not again for the other cell queued on it
-                f.slot.actor = DeviceWorker.options(**f.slot.options).remote()
-            return failure("crashed", f"device worker died: {str(exc).splitlines()[0]}", time.time())
-        except ray.exceptions.RayError as exc:  # task mode: the worker process died
-            return failure("crashed", f"cell process died: {str(exc).strip().splitlines()[0]}", time.time())
-
-    def run(self, cells: list[Cell], on_row: Callable[[Cell, dict], None]) -> None:
-        """Keep every slot busy until all cells have a final result.
-
-        A pool actor is given a second cell while it measures the first, so it starts
-        the next one without waiting for the driver; a task slot holds one (its deadline
-        runs from dispatch).
-        """
-        queues = collections.defaultdict(collections.deque)
-        for c in cells:
-            queues[c.target].append(Flight(c, None, 1, 0.0))
-        depth = 2 if self.pool else 1
-        load = {id(s): 0 for s in self.slots}
-        inflight: dict = {}
-        try:
-            while inflight or any(queues.values()):
-                for slot in self.slots:
-                    while load[id(slot)] < depth and queues[slot.target]:
-                        f = queues[slot.target].popleft()
-                        f.slot = slot
-                        load[id(slot)] += 1
-                        inflight[self._send(f)] = f
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+            while self.inflight or any(queues.values()):
+                self._fill(queues)
+                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2)
                 for ref in ready:
-                    f = inflight.pop(ref)
-                    load[id(f.slot)] -= 1
-                    self._finish(f, self._collect(ref, f), queues, on_row)
-                if not self.pool:
-                    for f in self._overdue(inflight):
-                        load[id(f.slot)] -= 1
-                        msg = f"no result within the deadline of {self.timeout:g} s; task cancelled"
-                        self._finish(f, failure("timeout", msg, time.time() - self.timeout), queues, on_row)
+                    self._land(ref, self._collect(ref), queues, on_row)
+                if isinstance(self.launcher, TaskLauncher):
+                    self._overdue(queues, on_row)
+                self.tick()
         except BaseException:
-            for ref in inflight:
-                ray.cancel(ref, force=not self.pool)
+            for ref in self.inflight:
+                ray.cancel(ref, force=isinstance(self.launcher, TaskLauncher))
             raise
 
-    def _overdue(self, inflight: dict) -> list[Flight]:
-        """Task mode: cancel the tasks past their deadline and hand back their flights."""
-        now, late = time.perf_counter(), []
-        for ref, f in list(inflight.items()):
-            if now - f.sent > self.timeout:
-                ray.cancel(ref, force=True)
-                late.append(inflight.pop(ref))
-        return late
+    def _fill(self, queues) -> None:
+        for slot in self.slots:
+            while len(self.on_slot[slot.index]) < self.launcher.depth and queues[slot.target]:
+                f = queues[slot.target].pop()
+                f.slot, f.handle, f.sent = slot, slot.handle, time.monotonic()
+                f.token = f"{f.cell.cell_id}-{f.attempt}"
+                self.inflight[self.launcher.submit(slot, self.spec(f.cell) | {"token": f.token}, self.timeout)] = f
+                self.on_slot[slot.index].append(f)
+                if len(self.on_slot[slot.index]) == 1:
+                    self._running(slot)
 
-    def _finish(self, f: Flight, result: dict, queues, on_row) -> None:
-        result.setdefault("cell_wall_s", time.perf_counter() - f.sent)
+    def _running(self, slot: Slot) -> None:
+        if self.progress is not None and self.on_slot[slot.index]:
+            c = self.on_slot[slot.index][0].cell
+            what = f"{c.backend} {c.dtype} b{c.batch_size} h{c.num_heads}x{c.head_dim} n{c.seq_len} {c.mode}"
+            self.progress.running(slot.name, what, self.cost(c))
+
+    def _collect(self, ref) -> dict:
+        f = self.inflight[ref]
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:  # the device's actor died: a new one takes over
+            return self.launcher.lost(f.slot, exc, f.handle)
+        except ray.exceptions.RayError as exc:  # task mode: the worker process died
+            return self.launcher.lost(f.slot, exc, f.handle)
+
+    def _land(self, ref, result: dict, queues, on_row) -> None:
+        f = self.inflight.pop(ref)
+        self.on_slot[f.slot.index].remove(f)
+        self._running(f.slot)
         if result["status"] in RETRYABLE and f.attempt <= self.cfg.run.retries:
             f.errors.append(f"attempt {f.attempt}: {result['status']}: {result['error']}")
-            queues[f.cell.target].append(Flight(f.cell, None, f.attempt + 1, 0.0, f.errors))
+            queues[f.cell.target].append(Flight(f.cell, f.attempt + 1, f.errors))  # next to go
             return
         if f.errors:  # keep what the earlier attempts met
             last = [f"attempt {f.attempt}: {result['error']}"] if result.get("error") else []
             result["error"] = "; ".join([*f.errors, *last])
         result["attempts"] = f.attempt
-        on_row(f.cell, result)
+        on_row(f.cell, result, f.slot)
 
-    def __enter__(self) -> Executor:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for s in self.slots:
-            if s.actor is not None:
-                ray.kill(s.actor)
-                s.actor = None
+    def _overdue(self, queues, on_row) -> None:
+        """Task mode: a task not ready within run.start_timeout_s of dispatch, or past its deadline
+        once ready, is cancelled (killed) and becomes a timeout result."""
+        self.launcher.poll_ready()
+        now, r = time.monotonic(), self.cfg.run
+        for ref, f in list(self.inflight.items()):
+            ready = self.launcher.ready.get(f.token)
+            if ready is None and now - f.sent > r.start_timeout_s:
+                why = f"its process was not ready within run.start_timeout_s = {r.start_timeout_s:g} s"
+            elif ready is not None and now - ready > self.timeout:
+                why = f"no result within the deadline of {self.timeout:g} s"
+            else:
+                continue
+            ray.cancel(ref, force=True)
+            self._land(ref, failure(Status.TIMEOUT.value, f"{why}; task cancelled", time.time()), queues, on_row)

@@ -40,6 +40,15 @@ def heads_for(grid, head_dim: int) -> list[int]:
     return list(grid.num_heads)
 
 
+def count(cfg) -> int:
+    """How many cells expand(cfg) gives, from the axes alone (a huge grid is refused in no time)."""
+    g = cfg.grid
+    n = len(set(g.accelerators)) if g.accelerators else 1
+    for axis in (g.dtypes, [bool(c) for c in g.causal], g.modes, g.batch_sizes, g.seq_lens, g.backends):
+        n *= len(set(axis))
+    return n * sum(len(set(heads_for(g, d))) for d in set(g.head_dims))
+
+
 def expand(cfg, default_target: str = "any") -> list[Cell]:
     """Every combination of the grid's axes, in a stable order, duplicates removed.
 

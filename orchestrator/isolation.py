@@ -1,32 +1,46 @@
-"""Run one cell in a fresh child process forked from a forkserver preloaded with torch.
+"""Run each cell in a fresh child process forked from a torch-preloaded fork server, one device
+at a time, with the next cells' process start hidden behind the current cell's work.
 
-The forkserver is a clean process of its own (no Ray threads, no CUDA) that imports torch
-and ``tasks`` once; each cell then forks from it in about a tenth of what starting Python
-and importing torch costs, and initialises CUDA itself. A child that dies or hangs becomes
-a ``crashed`` or ``timeout`` result; its GPU is free again once it is gone.
-No Ray here: the actor in ``executor.py`` wraps this.
+A cell process goes through ``tasks.cell``'s phases; the runner hands the device on at fixed
+points, so that nothing another cell does overlaps what this cell measures:
+
+* **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, about 0.4 s on an
+  H100) runs as soon as the child is forked: ``prewarm`` children are started ahead of time
+  while earlier cells measure. It launches no GPU work of any size (the H100 showed no change
+  in a neighbour's graph-timed medians; see README).
+* **prepare** (inputs, first call) waits until the previous cell has finished *timing*.
+* **measure** (warm-up, timing, memory pass, kernel check, accuracy) waits until the previous
+  cell has returned its result; the memory pass also waits until the previous cell's process
+  is gone. NVML's device reading leaves out the waiting cells' processes (``tasks.device``).
+
+A cell's deadline counts its own work only: from the moment its process is ready (started,
+given its cell) to its result, less the time it waited for the previous cell. Process start
+has its own, generous limit. A child that dies or overruns becomes a ``crashed`` or
+``timeout`` result. No Ray here: the actor in ``executor.py`` wraps this.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import multiprocessing as mp
 import os
 import signal
-import sys
+import socket
+import threading
 import time
 from datetime import datetime, timezone
+from multiprocessing.connection import Connection
 
-# Imported once by the forkserver (torch, tasks, and what cells import lazily): see tasks/preload.py.
-PRELOAD = ["tasks.preload"]
+from orchestrator import forkserver
+from orchestrator.rows import Status
 
 
-def failure(status: str, message: str, started: float) -> dict:
+def failure(status: str, message: str, started: float, pid: int | None = None) -> dict:
     """A result for a cell that returned nothing."""
     return {
         "status": status,
         "error": message,
-        "pid": None,
+        "pid": pid,
         "started_at": datetime.fromtimestamp(started, timezone.utc),
         "ended_at": datetime.now(timezone.utc),
         "measure_s": 0.0,
@@ -42,134 +56,240 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code} before returning a result"
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this child when its parent (the forkserver) goes, so no orphan holds a GPU."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# ----------------------------------------------------------------------------- in the child
 
 
-def _child(spec_conn, result_conn) -> None:
-    """A fresh process that waits for its one cell, measures it, and leaves at once."""
-    _die_with_parent()
-    try:
-        spec = spec_conn.recv()
-    except EOFError:  # never given a cell (the runner closed)
-        os._exit(0)
-    received = time.time()
-    if spec.get("visible_devices") is not None:  # before CUDA starts in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = spec["visible_devices"]
-    from tasks.cell import run_cell
+def child_main(fd: int) -> None:
+    """A cell process: start the device, then prepare and measure its cell when told to."""
+    conn = Connection(fd)
+    from tasks import cell as cellrun
 
-    result = run_cell(spec)
-    result["spawn_s"] = received - spec["sent_at"]
-    result_conn.send(result)
+    state = {"cell": None, "gpu": False, "go": None}
+    device, env, prepared, out = None, None, None, None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the runner closed: never given a cell
+            os._exit(0)
+        kind = msg[0]
+        if kind == "start":  # ("start", visible_devices, device kind, dtypes)
+            if msg[1] is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = msg[1]
+            try:
+                device, env = cellrun.start_device(msg[2], msg[3])
+            except Exception as exc:
+                conn.send(("start_failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
+                os._exit(0)
+            conn.send(("started", env))
+        elif kind == "probe":  # the device's ceilings, then leave
+            from tasks import ceilings
+
+            conn.send(("probed", {"env": env, "ceilings": ceilings.measure(msg[1], device)}))
+            os._exit(0)
+        elif kind in ("cell", "gpu", "go"):
+            state[kind] = msg[1] if len(msg) > 1 else True
+        if device is not None and state["cell"] is not None and state["gpu"] and out is None:
+            out = cellrun.Outcome()
+            out.cols |= env
+            conn.send(("ready", time.time()))
+            with out:
+                prepared = cellrun.Prepared(state["cell"], device)
+            conn.send(("prepared", time.time()))
+        if out is not None and state["go"] is not None:
+            _measure(conn, cellrun, out, prepared, env, state["go"])
+
+
+def _measure(conn, cellrun, out, prepared, env, go: dict) -> None:
+    from tasks.device import HAS_NVML, Nvml, nvml_handle, wait_gone
+
+    t_go = time.perf_counter()
+    if not out.failed:
+        with out:
+            nvml = Nvml(nvml_handle(env["gpu_uuid"])) if HAS_NVML and "gpu_uuid" in env else None
+            out.cols |= cellrun.measure(prepared, nvml, on_timed=lambda: conn.send(("timed",)),
+                                        before_memory=lambda: wait_gone(go.get("after_pid")))
+            out.cols["status"] = Status.OK.value
+    conn.send(("result", out.done(t_go)))
     os._exit(0)  # no interpreter teardown; the next cell waits until this process is gone
 
 
-def _noop() -> None:
-    pass
-
-
-@contextlib.contextmanager
-def _main_not_rerun():
-    """multiprocessing re-runs the parent's __main__ in each child (in a Ray worker, Ray's
-    own worker script: about 0.2 s of imports per cell); a cell needs none of it."""
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
-    for k in saved:
-        setattr(main, k, None) if k == "__spec__" else delattr(main, k)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(main, k, v)
+# ----------------------------------------------------------------------------- in the actor
 
 
 class Child:
-    """A forked process, idle until it is sent a cell (it has not touched the GPU)."""
+    """A forked cell process and the runner's end of its pipe."""
 
-    def __init__(self, ctx):
-        spec_recv, self.spec_send = ctx.Pipe(duplex=False)
-        self.result_recv, result_send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_child, args=(spec_recv, result_send), daemon=True)
-        with _main_not_rerun():
-            self.proc.start()
-        spec_recv.close()
-        result_send.close()
+    def __init__(self, server: forkserver.Client):
+        ours, theirs = socket.socketpair()
+        self.server = server
+        self.pid = server.fork("orchestrator.isolation", "child_main", theirs.fileno())
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.lock = threading.Lock()
+        self.started = False
+
+    def send(self, *msg) -> None:
+        with self.lock, contextlib.suppress(OSError):
+            self.conn.send(msg)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def exit_code(self, timeout_s: float = 10.0) -> int | None:
+        return self.server.exit_code(self.pid, timeout_s)
 
     def close(self) -> None:
-        self.spec_send.close()
-        self.result_recv.close()
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join()
+        self.kill()
+        self.exit_code()
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+
+class Turn:
+    """One cell's place in the device's order. Its events are set in order (never before the
+    previous cell's), so a cell that ends early cannot let the next one past a measuring cell."""
+
+    def __init__(self, child: Child, prev: Turn | None):
+        self.child, self.prev = child, prev
+        self.gpu_free = threading.Event()  # timing done (or the cell ended): the next may prepare
+        self.released = threading.Event()  # result in (or the process gone): the next may measure
+
+    def wait_prev(self, event: str) -> None:
+        if self.prev is not None:
+            getattr(self.prev, event).wait()
+
+    def free_gpu(self) -> None:
+        self.wait_prev("gpu_free")
+        self.gpu_free.set()
+
+    def release(self) -> None:
+        self.free_gpu()
+        self.wait_prev("released")
+        self.released.set()
+        self.prev = None  # done with it: no chain of every earlier cell
+
+
+class Overrun(Exception):
+    """The child did not answer in time; the argument names what it was waiting for."""
+
+
+class StartFailed(Exception):
+    """The child could not start its device."""
 
 
 class ForkRunner:
-    """Runs cells, one fresh child each, with a deadline.
+    """Runs cells in call order, one fresh child each, on one device; thread-safe (the actor
+    takes the next cells while one measures, so they can start and prepare)."""
 
-    The next cell's child is forked while the current one measures, so a cell waits only
-    for its own CUDA start; an idle child holds no GPU memory and touches no device. A
-    finished child exits while the next one starts CUDA: the next cell is told its pid and
-    waits until it is gone before it reads the device or measures anything.
-    """
+    def __init__(self, address: str, device: str = "cpu", visible: str | None = None, dtypes=(),
+                 prewarm: int = 2, start_timeout_s: float = 180.0):
+        self.server = forkserver.Client(address)
+        self.device, self.visible, self.dtypes = device, visible, list(dtypes)
+        self.prewarm = prewarm if device == "cuda" else min(prewarm, 1)
+        self.start_timeout_s = start_timeout_s
+        self.lock = threading.Lock()
+        self.waiting: collections.deque[Child] = collections.deque()
+        self.last: Turn | None = None
 
-    def __init__(self, preload: list[str] = PRELOAD):
-        self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(preload)
-        self.next: Child | None = None
-        self.exiting: Child | None = None  # the last cell's child, on its way out
-
-    def start(self) -> float:
-        """Start the forkserver now (it imports torch once); return the seconds it took."""
-        t0 = time.perf_counter()
-        p = self.ctx.Process(target=_noop)
-        with _main_not_rerun():
-            p.start()
-        p.join()
-        return time.perf_counter() - t0
-
-    def _take(self) -> Child:
-        child, self.next = self.next, None
-        if child is None or not child.proc.is_alive():
-            child = Child(self.ctx)
+    def _fork(self, start: bool) -> Child:
+        child = Child(self.server)
+        if start:
+            self._start(child)
         return child
 
-    def run(self, spec: dict, timeout_s: float) -> dict:
-        started = time.time()
-        child = self._take()
-        result, timed_out = None, False
-        after = self.exiting.proc.pid if self.exiting is not None else None
-        try:
-            child.spec_send.send({**spec, "sent_at": started, "after_pid": after})
-            self._reap()
-            self.next = Child(self.ctx)  # forked while this cell runs
-            timed_out = not child.result_recv.poll(timeout_s)
-            if not timed_out:
-                result = child.result_recv.recv()
-        except (EOFError, BrokenPipeError):  # the child died
-            result = None
-        if result is not None:
-            self.exiting = child  # it leaves by itself (os._exit): reaped during the next cell
-            return result
-        if not timed_out:
-            child.proc.join(timeout=10)  # reap it to read its exit code
-        child.close()  # kills a hung child; waits until the process is gone
-        if timed_out:
-            return failure("timeout", f"no result within the deadline of {timeout_s:g} s; child killed", started)
-        return failure("crashed", f"cell process {describe_exit(child.proc.exitcode)}", started)
+    def _start(self, child: Child) -> None:
+        child.send("start", self.visible, self.device, self.dtypes)
+        child.started = True
 
-    def _reap(self) -> None:
-        if self.exiting is not None:
-            self.exiting.close()
-            self.exiting = None
+    def probe(self) -> dict:
+        """Start this device in a child and measure its ceilings: {"env", "ceilings"}, or
+        {"error": why} when the device cannot start (no CUDA, a broken driver)."""
+        child = self._fork(start=True)
+        try:
+            deadline = time.monotonic() + self.start_timeout_s
+            self._until(child, {"started"}, deadline)
+            child.send("probe", self.dtypes)
+            return self._until(child, {"probed"}, deadline)[1]
+        except StartFailed as exc:
+            return {"error": str(exc)}
+        except (Overrun, EOFError, OSError) as exc:
+            return {"error": f"the device's first process did not start ({type(exc).__name__})"}
+        finally:
+            child.close()
+
+    def _take(self) -> Turn:
+        with self.lock:
+            child = self.waiting.popleft() if self.waiting else self._fork(start=self.prewarm > 0)
+            while len(self.waiting) < self.prewarm:
+                self.waiting.append(self._fork(start=True))
+            turn = self.last = Turn(child, self.last)
+            return turn
+
+    def run(self, spec: dict, timeout_s: float) -> dict:
+        """Measure one cell in a fresh child; returns its result (never raises for the cell's faults)."""
+        started = time.time()
+        turn = self._take()
+        try:
+            result = self._run(turn, spec, timeout_s, started)
+        finally:
+            turn.release()
+            with contextlib.suppress(OSError):
+                turn.child.conn.close()
+        return result
+
+    def _run(self, turn: Turn, spec: dict, timeout_s: float, started: float) -> dict:
+        child = turn.child
+        child.send("cell", spec)
+        turn.wait_prev("gpu_free")
+        if not child.started:  # no prewarm: the process starts its device only now
+            turn.wait_prev("released")
+            self._start(child)
+        child.send("gpu")
+        t_turn = time.monotonic()
+        try:
+            self._until(child, {"ready"}, t_turn + self.start_timeout_s)
+            spawn_s = time.monotonic() - t_turn
+            deadline = time.monotonic() + timeout_s
+            kind, body = self._until(child, {"prepared", "result"}, deadline)
+            if kind == "prepared":
+                t_wait = time.monotonic()
+                turn.wait_prev("released")
+                deadline += time.monotonic() - t_wait  # waiting for the previous cell is not this cell's time
+                child.send("go", {"after_pid": turn.prev.child.pid if turn.prev is not None else None})
+                while (msg := self._until(child, {"timed", "result"}, deadline))[0] == "timed":
+                    turn.free_gpu()
+                body = msg[1]
+            return body | {"spawn_s": spawn_s, "cell_wall_s": time.monotonic() - t_turn}
+        except Overrun as exc:
+            child.kill()
+            child.exit_code()
+            if exc.args[0] == "ready":
+                why = f"its process was not ready within run.start_timeout_s = {self.start_timeout_s:g} s"
+            else:
+                why = f"no result within the deadline of {timeout_s:g} s"
+            return failure(Status.TIMEOUT.value, f"{why}; child killed", started, child.pid)
+        except StartFailed as exc:
+            return failure(Status.ERROR.value, f"the cell's process could not start its device: {exc}", started,
+                           child.pid)
+        except (EOFError, OSError):
+            code = child.exit_code()
+            return failure(Status.CRASHED.value, f"cell process {describe_exit(code)}", started, child.pid)
+
+    def _until(self, child: Child, kinds: set, deadline: float) -> tuple:
+        """The child's next message of one of these kinds (others are skipped)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not child.conn.poll(left):
+                raise Overrun("ready" if "ready" in kinds else "result")
+            msg = child.conn.recv()
+            if msg[0] == "start_failed":
+                raise StartFailed(msg[1])
+            if msg[0] in kinds:
+                return msg[0], (msg[1] if len(msg) > 1 else None)
 
     def close(self) -> None:
-        self._reap()
-        if self.next is not None:
-            self.next.close()
-            self.next = None
+        with self.lock:
+            while self.waiting:
+                self.waiting.popleft().close()
+        self.server.close()

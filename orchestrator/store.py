@@ -1,17 +1,27 @@
-"""The parquet dataset: one folder of part files that pandas, pyarrow, DuckDB and polars read.
+"""The parquet dataset: a folder that holds data files only, so that pandas, pyarrow, DuckDB
+(``'dir/**/*.parquet'``, ``read_parquet(dir)``) and polars (``read_parquet(dir)``) read it as is.
 
-Each finished cell is written at once as a part file of its own (written beside, fsynced,
-then renamed into place), so a killed driver loses nothing that was reported done.
-``compact`` merges the parts into one file at the end of a sweep. Rows carry a unique
-``row_id``; readers drop repeats, so a compaction cut short duplicates nothing.
-Files whose names start with ``_`` or ``.`` are ignored by every parquet reader: the
-store keeps its temporary files, run configs and unreadable files there.
+* Each finished cell is one part file, written in the metadata folder, fsynced, then renamed
+  into the dataset: a killed driver loses nothing that was reported done.
+* ``compact`` merges the parts into one file, under a lock (one compaction at a time, on one
+  host or several sharing the folder) and a journal (a kill at any instant is finished or
+  undone by the next store operation; repeated ``row_id``s are dropped).
+* Everything else lives beside the dataset, in ``<path>.meta/``: run configs (``runs/``), claims
+  of cells being measured (``claims/``, so that sweeps sharing a store never measure a cell twice
+  at once), the compaction lock and journal, temporary files, and files that are not readable
+  rows (``unreadable/``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
+import signal
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -19,84 +29,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_S, _I, _F, _B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
-_T = pa.timestamp("us", tz="UTC")
+from orchestrator import rows
+from orchestrator.rows import FAILED, STATUSES
 
-# (column, type, meaning): the README's column table lists each (tests/test_readme.py checks).
-COLUMNS = [
-    ("cell_id", _S, "hash of the cell's parameters (workload..target): the resume key"),
-    ("run_id", _S, "the sweep run that wrote the row"),
-    ("row_id", _S, "unique id of the row"),
-    ("sweep", _S, "sweep name (`sweep_name`) of the run"),
-    ("workload", _S, "attention (the op) or encoder (nn.TransformerEncoder)"),
-    ("backend", _S, "eager, math, flash, efficient, cudnn, flex, fault_*"),
-    ("mode", _S, "fwd or fwd_bwd"),
-    ("dtype", _S, "float16, bfloat16 or float32"),
-    ("causal", _B, "causal masking"),
-    ("head_dim", _I, "head size D"),
-    ("num_heads", _I, "heads H"),
-    ("batch_size", _I, "batch B"),
-    ("seq_len", _I, "sequence length N"),
-    ("target", _S, "accelerator type asked for (`any`: whichever was free; `cpu`)"),
-    ("status", _S, "ok, unsupported, oom, error, crashed, timeout"),
-    ("error", _S, "what went wrong: exception, signal, deadline, or the unsupported reason"),
-    ("attempts", _I, "tries it took (crashed and timed-out cells are retried)"),
-    ("isolation", _S, "pool (forked child per cell) or task (Ray task per cell)"),
-    ("warmup_iters", _I, "calls before timing"),
-    ("warmup_s", _F, "seconds of warm-up, compilation included"),
-    ("first_call_s", _F, "seconds of the first call (compilation, plan building)"),
-    ("compile_s", _F, "seconds of the compiling first call (compiled backends: flex), outside warm-up and timing"),
-    ("iters", _I, "timed calls"),
-    ("median_ms", _F, "median time per call"),
-    ("p10_ms", _F, "10th percentile"),
-    ("p90_ms", _F, "90th percentile"),
-    ("mean_ms", _F, "mean"),
-    ("std_ms", _F, "standard deviation"),
-    ("min_ms", _F, "fastest call"),
-    ("flops", _F, "floating-point operations per call, by `flops_convention`"),
-    ("tflops", _F, "flops / median seconds / 1e12"),
-    ("flops_convention", _S, "how flops are counted"),
-    ("rel_error", _F, "||out - ref|| / ||ref|| against fp32 math on a (batch, head) slice"),
-    ("inputs_bytes", _I, "PyTorch memory allocated before the memory pass (the inputs)"),
-    ("peak_allocated_bytes", _I, "PyTorch peak allocated during one call, above inputs_bytes"),
-    ("peak_allocated_total_bytes", _I, "PyTorch peak allocated, inputs included"),
-    ("peak_reserved_bytes", _I, "PyTorch peak reserved by the caching allocator"),
-    ("nvml_used_before_bytes", _I, "NVML used memory of the cell's GPU before measuring"),
-    ("nvml_used_peak_bytes", _I, "NVML used memory of the cell's GPU, peak polled while measuring"),
-    ("kernels", _S, "what one recorded call ran (`;`-separated): ATen operators, or GPU kernels with "
-                    "measure.kernels=gpu"),
-    ("kernels_match", _B, "whether those belong to the pinned backend"),
-    ("device_type", _S, "cuda or cpu"),
-    ("device_name", _S, "GPU (or CPU) model"),
-    ("compute_capability", _S, "CUDA compute capability"),
-    ("device_total_bytes", _I, "GPU memory"),
-    ("gpu_uuid", _S, "NVML UUID of the GPU that ran the cell"),
-    ("nvml_index", _I, "NVML index of that GPU (not the CUDA index)"),
-    ("nvml_name", _S, "NVML's name of that GPU"),
-    ("cuda_visible_devices", _S, "GPU ids Ray gave the cell (its CUDA_VISIBLE_DEVICES)"),
-    ("driver_version", _S, "NVIDIA driver"),
-    ("cuda_version", _S, "CUDA of the torch build"),
-    ("cudnn_version", _S, "cuDNN version"),
-    ("torch_version", _S, "torch version"),
-    ("host", _S, "host name"),
-    ("node_id", _S, "Ray node id"),
-    ("pid", _I, "process id of the cell"),
-    ("git_commit", _S, "commit of this project"),
-    ("started_at", _T, "cell start (UTC)"),
-    ("ended_at", _T, "cell end (UTC)"),
-    ("measure_s", _F, "seconds the cell spent measuring (after its process and CUDA start)"),
-    ("spawn_s", _F, "seconds to start the cell's process (fork, or a Ray worker and imports)"),
-    ("startup_s", _F, "seconds from the cell's process start to its device being ready (the last cell gone)"),
-    ("cell_wall_s", _F, "seconds from dispatch to result, process start included"),
-]
-SCHEMA = pa.schema([(n, t) for n, t, _ in COLUMNS])
-FINAL = ("ok", "unsupported", "oom", "error", "crashed", "timeout")
-FAILED = ("error", "crashed", "timeout")
+log = logging.getLogger(__name__)
+_TYPES = {"string": pa.string(), "int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(),
+          "timestamp": pa.timestamp("us", tz="UTC")}
+SCHEMA = pa.schema([(c.name, _TYPES[c.type]) for c in rows.COLUMNS])
+CLAIM_STALE_S = 90.0  # a claim whose sweep has not shown signs of life for this long is taken over
+HOST = socket.gethostname()
 
 
-def to_table(rows: list[dict]) -> pa.Table:
-    """Rows (dicts, or records read back from pandas with NaN for nulls) as the dataset's schema."""
-    df = pd.DataFrame(rows).reindex(columns=SCHEMA.names)
+class StoreError(OSError):
+    """The store cannot be used: the message is one line naming the path."""
+
+
+def to_table(records: list[dict]) -> pa.Table:
+    """Rows (dicts, or records read back from pandas with NaN for nulls) as the dataset's schema.
+    A key that is not a column is an error (``rows.UnknownColumn``), never silently dropped."""
+    for r in records:
+        rows.check(r)
+    df = pd.DataFrame(records).reindex(columns=SCHEMA.names)
     arrays = [
         pa.nulls(len(df), f.type) if df[f.name].isna().all() else pa.array(df[f.name], type=f.type, from_pandas=True)
         for f in SCHEMA
@@ -104,91 +57,363 @@ def to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
+def conform(table: pa.Table) -> pa.Table:
+    """A table from any part file in the dataset's schema: missing columns null, others cast
+    (raises if a value cannot be cast: such a file is not rows of this dataset)."""
+    if "sweep" in table.column_names and "sweep_name" not in table.column_names:  # before the rename
+        table = table.rename_columns(["sweep_name" if n == "sweep" else n for n in table.column_names])
+    if "cell_id" not in table.column_names or "row_id" not in table.column_names:
+        raise ValueError("no cell_id/row_id columns: not rows of this dataset")
+    cols = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+            for f in SCHEMA]
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
+
+
+def _alive(host: str, pid: int) -> bool:
+    if host != HOST:
+        return True  # another machine's process: only its heartbeat can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_point(step: str) -> None:
+    """Tests kill the process at a named step (``ATTN_SWEEP_KILL_AT``) to prove every step safe."""
+    if os.environ.get("ATTN_SWEEP_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Store:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.meta = self.path.with_name(self.path.name + ".meta")
+
+    # ------------------------------------------------------------------ set-up, checks, recovery
+
+    def prepare(self) -> None:
+        """Make the store usable for writing, or raise StoreError (one line) before any work:
+        folders created, a probe file written and synced in both, a former layout moved, an
+        interrupted compaction finished or undone."""
+        for d in (self.path, self.meta / "tmp", self.meta / "runs", self.meta / "claims", self.meta / "alive"):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise StoreError(f"store.path {d}: exists and is not a folder") from None
+            except OSError as exc:
+                raise StoreError(f"store.path {self.path}: cannot create {d} ({exc.strerror})") from None
+            probe = d / f".probe-{uuid.uuid4().hex}"
+            try:
+                with open(probe, "wb") as f:
+                    f.write(b"x" * 4096)
+                    os.fsync(f.fileno())
+                probe.unlink()
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+                raise StoreError(f"store.path {self.path}: {d} is not writable ({exc.strerror})") from None
+        self._migrate()
+        self.recover()
+
+    def _migrate(self) -> None:
+        """Datasets written before the metadata folder kept runs and unreadable files inside."""
+        for old, new in (("_runs", "runs"), ("_unreadable", "unreadable")):
+            src = self.path / old
+            if src.is_dir():
+                (self.meta / new).mkdir(parents=True, exist_ok=True)
+                for f in src.iterdir():
+                    name = f.name + (".unreadable" if new == "unreadable" else "")
+                    os.replace(f, self.meta / new / name)
+                src.rmdir()
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def recover(self) -> None:
+        """Finish (merged file in place) or undo (not yet) a compaction that was cut short, and
+        drop temporary files whose writer is gone."""
+        journal = self.meta / "compact.journal"
+        if journal.exists():
+            try:
+                j = json.loads(journal.read_text())
+            except (OSError, ValueError):
+                j = None
+            if j and (self.path / j["merged"]).exists():
+                for name in j["inputs"]:
+                    if name != j["merged"]:
+                        (self.path / name).unlink(missing_ok=True)
+                _fsync_dir(self.path)
+            journal.unlink(missing_ok=True)
+        tmp = self.meta / "tmp"
+        for f in tmp.glob("*.tmp") if tmp.is_dir() else []:
+            host, _, rest = f.name.partition("~")
+            pid = rest.split("~", 1)[0]
+            dead = host == HOST and pid.isdigit() and not _alive(host, int(pid))
+            if dead or time.time() - f.stat().st_mtime > 86400:
+                f.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ writing
+
+    def _tmp(self, name: str) -> Path:
+        return self.meta / "tmp" / f"{HOST}~{os.getpid()}~{name}.tmp"
+
+    def _publish(self, table: pa.Table, name: str) -> Path:
+        """Write table as data file `name`: beside the dataset, synced, then renamed into it."""
+        tmp, final = self._tmp(name), self.path / name
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            _kill_point(f"publish:{name.split('-')[0]}")
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:  # the dataset folder is a mount of its own: write in place
+                if exc.errno != errno.EXDEV:
+                    raise
+                hidden = self.path / f".{name}.tmp"
+                pq.write_table(table, hidden)
+                os.replace(hidden, final)
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return final
+
+    def append(self, records: list[dict]) -> Path:
+        """Write rows as one new part file, durable when this returns (OSError when it cannot be)."""
+        return self._publish(to_table(records), f"part-{uuid.uuid4().hex}.parquet")
+
+    # ------------------------------------------------------------------ reading
 
     def parts(self) -> list[Path]:
         if not self.path.is_dir():
             return []
         return sorted(p for p in self.path.glob("*.parquet") if not p.name.startswith(("_", ".")))
 
-    def append(self, rows: list[dict]) -> Path:
-        """Write rows as one new part file, durable when this returns."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        part = self.path / f"part-{uuid.uuid4().hex}.parquet"
-        _write_atomic(to_table(rows), part)
-        return part
+    def _set_aside(self, part: Path, why: str, move: bool) -> None:
+        if move:
+            bad = self.meta / "unreadable"
+            try:
+                bad.mkdir(parents=True, exist_ok=True)
+                os.replace(part, bad / f"{part.name}.unreadable")
+                log.warning("store: %s is not rows of this dataset (%s); moved to %s/, other rows kept", part, why, bad)
+                return
+            except OSError:
+                pass
+        log.warning("store: %s is not rows of this dataset (%s); skipped", part, why)
 
-    def _read_part(self, part: Path, columns) -> pa.Table | None:
-        try:
-            return pq.read_table(part, columns=columns)
-        except Exception as exc:  # truncated, not parquet, unreadable
-            bad = self.path / "_unreadable"
-            bad.mkdir(exist_ok=True)
-            os.replace(part, bad / part.name)
-            print(f"store: {part} is unreadable ({type(exc).__name__}: {exc}); moved to {bad}/, other rows kept")
-            return None
+    def _read_parts(self, parts: list[Path], set_aside: bool) -> tuple[list[pa.Table], bool]:
+        """(tables, whether a part vanished while reading). A file that is not rows of this
+        dataset (truncated, not parquet, other columns, values of another type) is moved to
+        ``unreadable/`` (or, with set_aside=False, skipped) with a message naming it."""
+        tables = []
+        for part in parts:
+            try:
+                tables.append(conform(pq.read_table(part)))
+            except FileNotFoundError:
+                return tables, True
+            except Exception as exc:  # truncated, not parquet, foreign columns or types
+                self._set_aside(part, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", set_aside)
+        return tables, False
 
-    def read_table(self, columns: list[str] | None = None) -> pa.Table:
-        tables = [t for p in self.parts() if (t := self._read_part(p, columns)) is not None]
+    def read_table(self, columns: list[str] | None = None, set_aside: bool = True) -> pa.Table:
+        """Every part's rows in the dataset's schema. A part removed while reading (another
+        process compacting) means the listing is read again."""
+        for _ in range(20):
+            tables, vanished = self._read_parts(self.parts(), set_aside)
+            if not vanished:
+                break
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
         if not tables:
-            schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
             return schema.empty_table()
-        return pa.concat_tables(tables, promote_options="default")
+        table = pa.concat_tables(tables)
+        return table if columns is None else table.select(columns)
 
-    def read(self, columns: list[str] | None = None) -> pd.DataFrame:
+    def read(self, columns: list[str] | None = None, set_aside: bool = True) -> pd.DataFrame:
         """Every row (repeats of a row_id dropped), oldest first."""
         cols = None if columns is None else sorted(set(columns) | {"row_id", "ended_at"})
-        df = self.read_table(cols).to_pandas()
+        df = self.read_table(cols, set_aside).to_pandas()
         df = df.drop_duplicates("row_id").sort_values("ended_at", kind="stable", ignore_index=True)
         return df if columns is None else df[list(columns)]
 
-    def latest(self, columns: list[str] | None = None) -> pd.DataFrame:
+    def latest(self, columns: list[str] | None = None, set_aside: bool = True) -> pd.DataFrame:
         """The newest row of each cell."""
         cols = None if columns is None else sorted(set(columns) | {"cell_id"})
-        df = self.read(cols)
+        df = self.read(cols, set_aside)
         return df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
 
-    def done(self, rerun: str = "none") -> set[str]:
-        """Cell ids that need no new measurement: resume (none), failed, or all."""
+    def done(self, rerun: str = "none", measure_key: str | None = None) -> set[str]:
+        """Cell ids that need no new measurement. rerun: none (resume), failed (also redo
+        error/crashed/timeout), changed (also redo cells measured with other settings than
+        measure_key), all (redo everything)."""
         if rerun == "all":
             return set()
-        df = self.latest(["cell_id", "status"])
-        skip = set(FINAL) - (set(FAILED) if rerun == "failed" else set())
-        return set(df.loc[df["status"].isin(skip), "cell_id"])
+        df = self.latest(["cell_id", "status", "measure_key"])
+        skip = set(STATUSES) - (FAILED if rerun == "failed" else set())
+        df = df[df["status"].isin(skip)]
+        if rerun == "changed" and measure_key:
+            df = df[df["measure_key"].eq(measure_key)]
+        return set(df["cell_id"])
+
+    def measured_otherwise(self, cell_ids: set[str], measure_key: str) -> set[str]:
+        """Those of cell_ids whose newest row was measured with other settings (or before
+        settings were recorded)."""
+        df = self.latest(["cell_id", "measure_key"])
+        df = df[df["cell_id"].isin(cell_ids)]
+        return set(df.loc[df["measure_key"].ne(measure_key) | df["measure_key"].isna(), "cell_id"])
+
+    # ------------------------------------------------------------------ compaction
 
     def compact(self) -> Path | None:
-        """Merge all part files into one; the old parts go only after the new file is durable."""
-        parts = self.parts()
-        if len(parts) < 2:
+        """Merge all data files into one, each row_id once. One compaction at a time (a second
+        returns None at once); crash-safe at every step (see ``recover``)."""
+        with self._lock("compact") as held:
+            if not held:
+                return None
+            self.recover()
+            parts = self.parts()  # parts appended from now on stay as they are
+            tables, _ = self._read_parts(parts, set_aside=True)
+            parts = [p for p in parts if p.exists()]
+            table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+            repeated = pd.Index(table["row_id"].to_pylist()).duplicated()
+            if len(parts) < 2 and not repeated.any():
+                return None
+            if repeated.any():  # a kill in an earlier compaction, or a reader's copy: once each
+                table = table.filter(pa.array(~repeated))
+            name = f"data-{uuid.uuid4().hex}.parquet"
+            journal = self.meta / "compact.journal"
+            self._write_json(journal, {"merged": name, "inputs": [p.name for p in parts]})
+            _kill_point("compact:journal")
+            out = self._publish(table, name)
+            _kill_point("compact:published")
+            for i, p in enumerate(parts):
+                p.unlink(missing_ok=True)
+                if i == 0:
+                    _kill_point("compact:unlinking")
+            _fsync_dir(self.path)
+            journal.unlink(missing_ok=True)
+            return out
+
+    @contextlib.contextmanager
+    def _lock(self, name: str):
+        """An exclusive lock file (O_EXCL: atomic on local and network file systems); one left by a
+        dead process, or older than an hour, is taken over."""
+        path = self.meta / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        held = False
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale_lock(path):
+                    break
+                path.unlink(missing_ok=True)
+                continue
+            os.write(fd, json.dumps({"host": HOST, "pid": os.getpid(), "since": time.time()}).encode())
+            os.close(fd)
+            held = True
+            break
+        try:
+            yield held
+        finally:
+            if held:
+                path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _stale_lock(path: Path) -> bool:
+        try:
+            owner = json.loads(path.read_text())
+            return not _alive(owner["host"], owner["pid"]) or time.time() - owner["since"] > 3600
+        except (OSError, ValueError, KeyError):
+            return time.time() - path.stat().st_mtime > 60 if path.exists() else True
+
+    # ------------------------------------------------------------------ claims: sweeps sharing a store
+
+    def heartbeat(self, run_id: str) -> None:
+        """This run is alive (its claims hold). Called every few seconds by the running sweep."""
+        path = self.meta / "alive" / run_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def claim(self, cell_id: str, run_id: str) -> dict | None:
+        """Claim a cell for this run. Returns None when claimed, or the other owner's record when
+        a live sweep holds it (a claim of a dead or silent sweep is taken over)."""
+        path = self.meta / "claims" / cell_id
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self.claim_owner(cell_id)
+                if owner is None:
+                    continue  # released meanwhile
+                if owner.get("run_id") == run_id or not self._owner_alive(owner):
+                    path.unlink(missing_ok=True)
+                    continue
+                return owner
+            os.write(fd, json.dumps({"run_id": run_id, "host": HOST, "pid": os.getpid(),
+                                     "since": time.time()}).encode())
+            os.close(fd)
             return None
-        tables = [t for p in parts if (t := self._read_part(p, None)) is not None]
-        table = pa.concat_tables(tables, promote_options="default")
-        out = self.path / f"data-{uuid.uuid4().hex}.parquet"
-        _write_atomic(table, out)
-        for p in parts:
-            p.unlink(missing_ok=True)
-        return out
+        return self.claim_owner(cell_id) or {"run_id": "?"}
+
+    def claim_owner(self, cell_id: str) -> dict | None:
+        try:
+            return json.loads((self.meta / "claims" / cell_id).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"run_id": "?", "host": "?", "pid": 0, "since": 0.0}
+
+    def _owner_alive(self, owner: dict) -> bool:
+        if owner.get("host") == HOST and not _alive(HOST, int(owner.get("pid", 0))):
+            return False
+        beat = self.meta / "alive" / str(owner.get("run_id"))
+        last = beat.stat().st_mtime if beat.exists() else owner.get("since", 0.0)
+        return time.time() - last < CLAIM_STALE_S
+
+    def release(self, cell_id: str, run_id: str) -> None:
+        owner = self.claim_owner(cell_id)
+        if owner is not None and owner.get("run_id") == run_id:
+            (self.meta / "claims" / cell_id).unlink(missing_ok=True)
+
+    def end_run(self, run_id: str) -> None:
+        """Drop the run's heartbeat and any claim it still holds."""
+        for path in (self.meta / "claims").glob("*"):
+            if (self.claim_owner(path.name) or {}).get("run_id") == run_id:
+                path.unlink(missing_ok=True)
+        (self.meta / "alive" / run_id).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ run records
+
+    def _write_json(self, path: Path, info: dict) -> None:
+        tmp = self._tmp(path.name)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(json.dumps(info, indent=2, default=str))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def save_run(self, run_id: str, info: dict) -> None:
-        runs = self.path / "_runs"
+        runs = self.meta / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        (runs / f"{run_id}.json").write_text(json.dumps(info, indent=2, default=str))
+        self._write_json(runs / f"{run_id}.json", info)
 
     def runs(self) -> dict[str, dict]:
-        runs = self.path / "_runs"
-        return {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))} if runs.is_dir() else {}
+        out = {}
+        for d in (self.meta / "runs", self.path / "_runs"):  # the former place too
+            for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+                with contextlib.suppress(OSError, ValueError):
+                    out[p.stem] = json.loads(p.read_text())
+        return out

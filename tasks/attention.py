@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tasks import backends
-from tasks.work import Work, attention_flops, dtype_of, make_step
+from tasks.work import Work, attention_bytes, attention_flops, dtype_of, make_step
 
 REF_BATCH, REF_HEADS = 1, 2  # the slice checked against the fp32 reference
 
@@ -45,6 +45,7 @@ def build(p: dict, device: torch.device) -> Work:
     return Work(
         step=make_step(forward, (q, k, v), train, gen),
         flops=attention_flops(b, h, n, d, causal, p["mode"]),
+        bytes=attention_bytes(b, h, n, d, q.element_size(), p["mode"]),
         check=check,
         pinned=backend.pinned,
         train=train,

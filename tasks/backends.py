@@ -15,6 +15,9 @@ Adding one::
 A backend given as an ``attend`` factory instead (``(seq_len, causal, device) -> f(q, k, v)``,
 registered with ``register_attend``) runs inside a model too: the encoder workload calls it
 in place of each layer's SDPA.
+
+Nothing here imports torch at module level: the driver reads the names to check a config
+without loading torch; each backend imports what it needs when a cell builds it.
 """
 
 from __future__ import annotations
@@ -24,29 +27,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-try:  # FlexAttention arrived in torch 2.5; a missing one gives unsupported rows.
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    HAS_FLEX = True
-except ImportError:  # pragma: no cover - torch < 2.5
-    HAS_FLEX = False
-
 
 @dataclass(frozen=True)
 class Backend:
     name: str
     fn: Callable
-    sdpa: SDPBackend | None = None  # the SDPA kernel pinned while fn runs
+    sdpa: str | None = None  # the SDPBackend member pinned while fn runs (FLASH_ATTENTION, ...)
     compiled: bool = False  # built during warm-up (compile time recorded apart)
     attend: Callable | None = None  # (seq_len, causal, device) -> f(q, k, v): the kernel alone, for models
 
     def pinned(self):
         """The context that pins this backend (nothing for non-SDPA backends)."""
-        return sdpa_kernel([self.sdpa]) if self.sdpa is not None else contextlib.nullcontext()
+        if self.sdpa is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, self.sdpa)])
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -75,20 +71,24 @@ def register_attend(name: str, attend: Callable, **kw) -> None:
 
 
 def _sdpa_attend(n, causal, device):
+    import torch.nn.functional as F
+
     return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 for _name, _kind in [
-    ("math", SDPBackend.MATH),
-    ("flash", SDPBackend.FLASH_ATTENTION),
-    ("efficient", SDPBackend.EFFICIENT_ATTENTION),
-    ("cudnn", SDPBackend.CUDNN_ATTENTION),
+    ("math", "MATH"),
+    ("flash", "FLASH_ATTENTION"),
+    ("efficient", "EFFICIENT_ATTENTION"),
+    ("cudnn", "CUDNN_ATTENTION"),
 ]:
     register_attend(_name, _sdpa_attend, sdpa=_kind)
 
 
 def _eager_attend(n, causal, device):
     """The textbook baseline: matmul, mask, softmax, matmul, in the inputs' dtype."""
+    import torch
+
     mask = torch.ones(n, n, dtype=torch.bool, device=device).triu_(1) if causal else None
 
     def attend(q, k, v):
@@ -102,26 +102,33 @@ def _eager_attend(n, causal, device):
 
 register_attend("eager", _eager_attend)
 
-if HAS_FLEX:
-    _flex_compiled = None
+_flex_compiled = None
 
-    def _causal(b, h, q_idx, kv_idx):
-        return q_idx >= kv_idx
 
-    def _flex_attend(n, causal, device):
-        """FlexAttention, compiled once per process (the first call is the warm-up); the
-        causal mask is a block mask, built here, outside the timed call."""
-        global _flex_compiled
-        if _flex_compiled is None:
-            _flex_compiled = torch.compile(flex_attention, dynamic=False)
-        mask = create_block_mask(_causal, None, None, n, n, device=device.type) if causal else None
-        return lambda q, k, v: _flex_compiled(q, k, v, block_mask=mask)
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
 
-    register_attend("flex", _flex_attend, compiled=True)
+
+def _flex_attend(n, causal, device):
+    """FlexAttention (torch >= 2.5; older: NotImplementedError, an unsupported row). Compiled by
+    the cell's first call, which is timed apart as compile_s; the causal block mask is built
+    here, outside the timed call."""
+    global _flex_compiled
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:  # pragma: no cover - torch < 2.5
+        raise NotImplementedError("FlexAttention needs torch 2.5 or newer") from None
+    if _flex_compiled is None:
+        import torch
+
+        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+    mask = create_block_mask(_causal, None, None, n, n, device=device.type) if causal else None
+    return lambda q, k, v: _flex_compiled(q, k, v, block_mask=mask)
+
+
+register_attend("flex", _flex_attend, compiled=True)
 
 
 def names() -> list[str]:
+    """Every registered backend (import tasks.faults first for the fault_* ones)."""
     return sorted(BACKENDS)
-
-
-from tasks import faults  # noqa: E402,F401  (registers the fault_* backends)

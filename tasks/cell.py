@@ -1,23 +1,38 @@
-"""Measure one grid cell in this process: ``run_cell(spec) -> result dict``. Never raises.
+"""Measure one grid cell in this process. Never raises: a failure is a status and a message.
+
+A cell's life has three phases, which the pool runs overlapped across cells (a cell's
+``start_device`` and ``prepare`` happen while the previous cell on the device still works;
+see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
+
+1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
+   (host-bound, about 0.4 s on an H100), the environment record.
+2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
+3. ``measure``: warm-up and timing, then the memory pass, the kernel check and the fp32
+   accuracy check. ``on_timed`` is called once the timing is done (the next cell may then use
+   the GPU), ``before_memory`` before the memory pass (the previous cell's process must be
+   gone for NVML's device reading).
 
 The caller gives this process exactly one device (a GPU through ``CUDA_VISIBLE_DEVICES``,
-or the CPU); a failure becomes a status and a message in the result.
+or the CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import torch
 
-from tasks import kernels, timing
-from tasks.device import NvmlMonitor, environment, nvml_handle, wait_gone
+from orchestrator.rows import Status
+from tasks import faults, kernels, timing  # noqa: F401  (faults registers the fault_* backends)
+from tasks.device import HAS_NVML, Nvml, environment, nvml_handle
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -30,91 +45,143 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
     """(status, message) for an exception raised while measuring."""
     msg = f"{type(exc).__name__}: {exc}".strip()
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg:
-        return "oom", msg[:2000]
+        return Status.OOM.value, msg[:2000]
     if isinstance(exc, RuntimeError) and any(s in msg for s in NO_KERNEL):
         reasons = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-        return "unsupported", "; ".join(reasons or [msg])[:2000]
+        return Status.UNSUPPORTED.value, "; ".join(reasons or [msg])[:2000]
     if isinstance(exc, NotImplementedError):
-        return "unsupported", msg[:2000]
+        return Status.UNSUPPORTED.value, msg[:2000]
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
-    return "error", (msg + where)[:2000]
+    return Status.ERROR.value, (msg + where)[:2000]
 
 
-def compile_first(work, device: torch.device) -> dict:
-    """A compiled backend's first step compiles: time it apart from warm-up and timing."""
-    if not work.compiled:
-        return {}
+def _warm_libraries(device: torch.device, dtypes) -> None:
+    """Load what every cell's later phases use, so that no measured phase pays for it: cuBLAS
+    in each dtype, and the fp32 math path of the accuracy reference (its softmax kernels)."""
+    import torch.nn.functional as F
+
+    for dt in {*dtypes, "float32"}:
+        a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
+        a @ a
+    q = torch.ones(1, 2, 16, 16, device=device)
+    F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+
+
+def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
+    """This process's device, ready to measure; and its columns (environment, start-up cost)."""
     t0 = time.perf_counter()
-    work.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return {"compile_s": time.perf_counter() - t0}
+    if kind != "cuda":
+        return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
+    torch.cuda.init()
+    device = torch.device("cuda", 0)
+    torch.empty(1, device=device)  # the context
+    env = environment(device)
+    _warm_libraries(device, dtypes)
+    if "gpu_uuid" in env:
+        env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
+    return device, env | {"startup_s": time.perf_counter() - t0}
 
 
-def measure(spec: dict, device: torch.device) -> dict:
-    m = spec["measure"]
-    work = importlib.import_module(f"tasks.{spec['workload']}").build(spec, device)
-    grad_mode = contextlib.nullcontext() if work.train else torch.inference_mode()
-    with grad_mode, work.pinned():
-        compiled = compile_first(work, device)
-        t = timing.time_fn(
-            work.step,
-            device,
-            warmup_iters=m["warmup_iters"],
-            warmup_ms=m["warmup_ms"],
-            budget_ms=m["budget_ms"],
-            min_iters=m["min_iters"],
-            max_iters=m["max_iters"],
-            flush_l2=m["flush_l2"],
-        )
-        mem = timing.measure_memory(work.step, device) if m["memory"] else {}
-        how = m.get("kernels", "ops")
-        ran = kernels.record(work.step, device, spec["backend"], how, work.compiled) if how != "off" else {}
-        err = work.check() if m["accuracy"] else None
+class Prepared:
+    """A cell's work built on its device, with its backend pinned until ``close``."""
+
+    def __init__(self, spec: dict, device: torch.device):
+        self.spec, self.device, self.stack = spec, device, contextlib.ExitStack()
+        t0 = time.perf_counter()
+        self.work = importlib.import_module(f"tasks.{spec['workload']}").build(spec, device)
+        self.stack.enter_context(contextlib.nullcontext() if self.work.train else torch.inference_mode())
+        self.stack.enter_context(self.work.pinned())
+        t1 = time.perf_counter()
+        self.work.step()  # lazy loading, plan building, compilation
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.first_call_s = time.perf_counter() - t1
+        self.cols = {"first_call_s": self.first_call_s, "setup_s": time.perf_counter() - t0,
+                     "compile_s": self.first_call_s if self.work.compiled else None}
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def measure(p: Prepared, nvml: Nvml | None = None, on_timed: Callable = lambda: None,
+            before_memory: Callable = lambda: None) -> dict:
+    """Timing, memory, kernels and accuracy of a prepared cell: its measured columns."""
+    m, work, device = p.spec["measure"], p.work, p.device
+    t = timing.time_fn(work.step, device, timing.Protocol.of(m))
+    t["warmup_iters"] += 1  # the first call, made in prepare
+    t["warmup_s"] += p.first_call_s
+    on_timed()
+    before_memory()
+    mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
+    t0 = time.perf_counter()
+    how = m.get("kernels", "ops")
+    ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
+    t1 = time.perf_counter()
+    err = work.check() if m["accuracy"] else None
+    t2 = time.perf_counter()
     return {
-        **compiled,
-        **t,
-        **mem,
-        **ran,
+        **p.cols, **t, **mem, **ran,
+        "kernels_s": t1 - t0 if how != "off" else None,
+        "accuracy_s": t2 - t1 if m["accuracy"] else None,
         "rel_error": err,
         "flops": work.flops,
+        "bytes": work.bytes,
         "flops_convention": work.flops_convention,
         "tflops": work.flops / (t["median_ms"] / 1e3) / 1e12,
     }
 
 
-def _device(spec: dict) -> torch.device:
-    if spec["device"] == "cuda":
-        torch.cuda.init()
-        return torch.device("cuda", 0)
-    if spec.get("cpu_threads"):
-        torch.set_num_threads(spec["cpu_threads"])
-    return torch.device("cpu")
+def measure_settings(m: dict) -> str:
+    return json.dumps(dict(sorted(m.items())), sort_keys=True)
 
 
-def run_cell(spec: dict) -> dict:
-    """Measure one cell; always returns a result with a status."""
-    out = {"started_at": now(), "status": "error", "error": None}
-    t_start, t_measure = time.perf_counter(), None
-    with warnings.catch_warnings(record=True) as caught:
+class Outcome:
+    """A cell's result as it is built up, phase by phase; ``fail`` turns an exception into its status."""
+
+    def __init__(self):
+        self.caught: list = []
+        self._warn = None
+        self.failed = False
+        self.cols = {"started_at": now(), "status": Status.ERROR.value, "error": None, "pid": os.getpid()}
+
+    def __enter__(self) -> Outcome:
+        self._warn = warnings.catch_warnings(record=True)
+        self._new = self._warn.__enter__()
         warnings.simplefilter("always")
-        try:
-            device = _device(spec)
-            wait_gone(spec.get("after_pid"))  # the last cell's process has left the device
-            out |= environment(device)
-            monitor = NvmlMonitor(nvml_handle(out["gpu_uuid"])) if "gpu_uuid" in out else None
-            t_measure = time.perf_counter()
-            out["startup_s"] = t_measure - t_start  # device context, the last cell gone, NVML lookup
-            with monitor or contextlib.nullcontext():
-                out |= measure(spec, device)
-            if monitor:
-                out |= monitor.record()
-            out["status"] = "ok"
-        except Exception as exc:  # a failed cell is a row, never a crashed sweep
-            out["status"], out["error"] = classify(exc, caught)
-    out["measure_s"] = time.perf_counter() - t_measure if t_measure else 0.0
-    out["ended_at"] = now()
-    out.setdefault("pid", os.getpid())
-    return out
+        return self
 
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._warn.__exit__(None, None, None)
+        self.caught += self._new
+        if exc is not None and isinstance(exc, Exception):  # a failed cell is a row, never a crashed sweep
+            self.cols["status"], self.cols["error"] = classify(exc, self.caught)
+            self.failed = True
+            return True
+        return False
+
+    def done(self, t_go: float | None) -> dict:
+        self.cols["measure_s"] = time.perf_counter() - t_go if t_go else 0.0
+        self.cols["ended_at"] = now()
+        return self.cols
+
+
+def run_cell(spec: dict, on_ready: Callable = lambda: None) -> dict:
+    """Measure one cell start to end in this process; always returns a result with a status.
+
+    ``on_ready`` is called once the device is up, when the cell's own work begins."""
+    out, t_go, prepared = Outcome(), None, None
+    with out:
+        device, env = start_device(spec["device"], [spec["dtype"]])
+        out.cols |= env
+        on_ready()
+        t_go = time.perf_counter()
+        prepared = Prepared(spec, device)
+        nvml = Nvml(nvml_handle(env["gpu_uuid"])) if HAS_NVML and "gpu_uuid" in env else None
+        out.cols |= measure(prepared, nvml)
+        out.cols["status"] = Status.OK.value
+    if prepared is not None:
+        prepared.close()
+    return out.done(t_go)

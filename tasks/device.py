@@ -11,7 +11,6 @@ import functools
 import os
 import platform
 import socket
-import threading
 import time
 
 import torch
@@ -56,6 +55,54 @@ def wait_gone(pid: int | None, timeout_s: float = 60.0) -> None:
         time.sleep(0.001)
 
 
+def siblings() -> set[int]:
+    """Live processes with this process's parent: in pool mode, the sweep's other cell processes
+    of the same fork server (the ones waiting for their turn, holding a CUDA context)."""
+    ppid, me, out = os.getppid(), os.getpid(), set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != me:
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
+                        out.add(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+class Nvml:
+    """NVML readings of this process's GPU.
+
+    ``device_used``: the device's used memory less what NVML attributes to this sweep's other
+    cell processes on it (waiting cells hold their CUDA contexts while this one measures), read
+    until two looks at those processes agree (one may be starting its context just then).
+    ``process_used``: what NVML attributes to this process alone.
+    """
+
+    def __init__(self, handle, exclude_siblings: bool = True):
+        self.handle, self.exclude = handle, exclude_siblings
+
+    def _procs(self) -> dict[int, int]:
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        return {p.pid: p.usedGpuMemory or 0 for p in procs}
+
+    def process_used(self) -> int | None:
+        return self._procs().get(os.getpid())
+
+    def device_used(self, tries: int = 50) -> int:
+        if not self.exclude:
+            return pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
+        others = siblings()
+        for _ in range(tries):
+            a = self._procs()
+            used = pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
+            b = self._procs()
+            if a == b:
+                break
+            time.sleep(0.002)
+        return used - sum(v for pid, v in b.items() if pid in others)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -95,34 +142,3 @@ def environment(device: torch.device) -> dict:
             "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),
         }
     return env
-
-
-class NvmlMonitor:
-    """Polls NVML 'used' memory of one GPU in a thread: the reading before, and the peak."""
-
-    def __init__(self, handle, interval_s: float = 0.002):
-        self.handle, self.interval_s = handle, interval_s
-        self.before = self.peak = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def used(self) -> int:
-        return pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.used())
-            time.sleep(self.interval_s)
-
-    def __enter__(self):
-        self.before = self.peak = self.used()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.used())
-
-    def record(self) -> dict:
-        return {"nvml_used_before_bytes": self.before, "nvml_used_peak_bytes": self.peak}

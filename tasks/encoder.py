@@ -23,13 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasks import backends
+from tasks.flops import ENCODER_FFN, ENCODER_LAYERS, encoder_bytes, encoder_flops  # noqa: F401
 from tasks.work import Work, dtype_of, make_step
 
-LAYERS, FFN = 6, 2048  # the notebook's nn.TransformerEncoder (nn defaults: ffn 2048, ReLU, post-norm)
+LAYERS, FFN = ENCODER_LAYERS, ENCODER_FFN  # the notebook's (nn defaults: ffn 2048, ReLU, post-norm)
 REF_BATCH = 1  # samples checked against the fp32 reference
 FLOPS_CONVENTION = (
     "encoder: per layer 2*B*N*(4*d^2+2*d*F) linear + 4*B*H*N^2*D attention (/2 causal); "
-    "fwd_bwd: linear x3, attention x3.5; norms, softmax, residuals not counted"
+    "fwd_bwd: linear x3, attention x3.5; norms, softmax, residuals not counted; "
+    "bytes: weights read and the input read and output written once (fwd_bwd: x3)"
 )
 
 
@@ -67,13 +69,6 @@ def use_backend(model: nn.TransformerEncoder, backend: backends.Backend, n: int,
         layer.self_attn = BackendAttention(layer.self_attn, attend)
 
 
-def encoder_flops(b: int, h: int, n: int, d: int, causal: bool, mode: str) -> float:
-    dm = h * d
-    linear = 2.0 * b * n * (4 * dm * dm + 2 * dm * FFN)
-    attn = 4.0 * b * h * n * n * d / (2 if causal else 1)
-    if mode == "fwd_bwd":
-        linear, attn = 3 * linear, 3.5 * attn
-    return LAYERS * (linear + attn)
 
 
 @contextlib.contextmanager
@@ -129,6 +124,7 @@ def build(p: dict, device: torch.device) -> Work:
     return Work(
         step=make_step(forward, (x, *model.parameters()), train, gen),
         flops=encoder_flops(b, h, n, d, causal, p["mode"]),
+        bytes=encoder_bytes(b, n, sum(t.numel() for t in model.parameters()), h * d, x.element_size(), p["mode"]),
         check=check,
         pinned=pinned,
         train=train,

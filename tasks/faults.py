@@ -11,8 +11,6 @@ import os
 import signal
 import time
 
-import torch
-
 from tasks.backends import register
 
 
@@ -27,6 +25,7 @@ def fault_raise(q, k, v, causal):
 @register("fault_oom")
 def fault_oom(q, k, v, causal):
     """Really exhaust the device: 1 GiB blocks on a GPU until the allocator gives up."""
+    import torch
 
     def run():
         if q.device.type != "cuda":  # one impossible allocation: no host memory is used
@@ -65,6 +64,8 @@ def fault_hang(q, k, v, causal):
 @register("fault_illegal_address")
 def fault_illegal_address(q, k, v, causal):
     """A GPU kernel that indexes far out of bounds (a device-side assert on CUDA)."""
+    import torch
+
     table = torch.zeros(16, device=q.device)
     index = torch.full((1,), 1 << 40, dtype=torch.long, device=q.device)
 

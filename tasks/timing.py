@@ -1,24 +1,58 @@
 """The one timing function and the one memory function that every workload uses.
 
-On CUDA: warm up (compilation, cuDNN plans and lazy module loads stay out), size the run
-from the warm-up, then time each call between two CUDA events and synchronize before
-reading them, flushing the L2 cache between calls so that no call reads the last one's
-data from it. On the CPU: the same with a monotonic clock.
+Timing on CUDA (``time_fn``):
+
+1. Warm-up: calls between two CUDA events, each after an L2 flush and waited for, until
+   ``warmup_iters`` calls and ``warmup_ms`` have passed. Their median is the *host-inclusive*
+   time: what one call costs as Python launches it (a small call can finish on the GPU before
+   the host has queued its next kernel; then these events time the host).
+2. Capture the call in a CUDA graph and time graph replays between events, the L2 flushed
+   before each (``timing_method=cuda_graph``): device time, which repeats to about 1%. A call
+   that cannot be captured (it syncs, or a compiled backend refuses) is timed as in 1, and the
+   row says why (``cuda_events``, ``timing_note``).
+3. Stop when the median is known well enough: its 95% confidence interval (order statistics)
+   within ``precision`` of it, or ``budget_ms`` spent, or ``max_iters`` calls; never before
+   ``min_iters``. A long call (tens of ms) stops after ``min_iters``; a short one after as many
+   replays as its spread needs. The row records how it stopped.
+
+On the CPU the same protocol runs with a monotonic clock (``cpu_clock``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-_L2_FLUSH_BYTES = 256 << 20
+_L2_FLUSH_BYTES = 256 << 20  # larger than any L2 yet (H100: 50 MB), as triton's do_bench
+_BATCH_S = 0.01  # timed calls between two checks of the stopping rule, at first
+_Z95 = 1.96
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The measurement settings that decide the timing (conf `measure.*`)."""
+
+    warmup_iters: int = 2
+    warmup_ms: float = 25.0
+    budget_ms: float = 100.0
+    min_iters: int = 3
+    max_iters: int = 1000
+    precision: float = 0.005
+    flush_l2: bool = True
+    method: str = "auto"  # auto: graph where it captures; graph; events
+
+    @classmethod
+    def of(cls, m: dict) -> Protocol:
+        return cls(**{k: m[k] for k in cls.__dataclass_fields__ if k in m})
 
 
 def _sync(device: torch.device) -> None:
@@ -26,29 +60,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def warm_up(fn: Callable, device: torch.device, min_iters: int, min_ms: float) -> dict:
-    """Call fn until both min_iters calls and min_ms have passed; return the per-call estimate.
-
-    Each call is waited for: the clock must see device time, not launch time (unsynchronised,
-    a long kernel gets queued hundreds of times within min_ms, and the wait comes after).
-    """
-    _sync(device)
-    t0 = time.perf_counter()
-    first = None
-    n = 0
-    while n < min_iters or (time.perf_counter() - t0) * 1e3 < min_ms:
-        fn()
-        _sync(device)
-        n += 1
-        if first is None:  # the first call carries compilation and plan building
-            first = time.perf_counter() - t0
-    total = time.perf_counter() - t0
-    steady = (total - first) / (n - 1) if n > 1 else total
-    return {"warmup_iters": n, "warmup_s": total, "first_call_s": first, "est_call_s": steady}
+def median_ci_half(ms: list[float]) -> float:
+    """Half-width of the median's 95% confidence interval, relative to the median (inf when
+    too few samples): order statistics, no assumption on the distribution."""
+    n = len(ms)
+    half = _Z95 * math.sqrt(n) / 2
+    lo, hi = math.floor(n / 2 - half), math.ceil(n / 2 + 1 + half) - 1  # 0-based indices
+    if lo < 0 or hi > n - 1:
+        return math.inf
+    s = sorted(ms)
+    med = statistics.median(s)
+    return (s[hi] - s[lo]) / 2 / med if med > 0 else math.inf
 
 
 def summarize(ms: list[float]) -> dict:
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
+    ci = median_ci_half(ms)
     return {
         "iters": len(ms),
         "median_ms": statistics.median(ms),
@@ -57,47 +84,120 @@ def summarize(ms: list[float]) -> dict:
         "mean_ms": statistics.fmean(ms),
         "std_ms": statistics.stdev(ms) if len(ms) > 1 else 0.0,
         "min_ms": min(ms),
+        "median_ci_pct": None if math.isinf(ci) else ci * 100,
     }
 
 
-def time_fn(
-    fn: Callable,
-    device: torch.device,
-    *,
-    warmup_iters: int = 3,
-    warmup_ms: float = 50.0,
-    budget_ms: float = 500.0,
-    min_iters: int = 10,
-    max_iters: int = 1000,
-    flush_l2: bool = True,
-) -> dict:
-    """Warm up, then time fn; the count of timed calls fills budget_ms within [min, max]."""
-    warm = warm_up(fn, device, warmup_iters, warmup_ms)
-    n = int(budget_ms / 1e3 / max(warm["est_call_s"], 1e-7))
-    n = max(min_iters, min(max_iters, n))
-    if device.type == "cuda":
-        ms = _time_cuda(fn, device, n, flush_l2)
-    else:
-        ms = []
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
+class Timer:
+    """Times one call or one graph replay per sample, with the L2 flushed before each."""
+
+    def __init__(self, device: torch.device, flush_l2: bool):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and self.cuda else None
+
+    def batch(self, fn: Callable, n: int, wait_each: bool = False) -> list[float]:
+        if not self.cuda:
+            out = []
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                fn()
+                out.append((time.perf_counter_ns() - t0) / 1e6)
+            return out
+        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        for start, end in pairs:
+            if self.flush is not None:
+                self.flush.zero_()
+            start.record()
             fn()
-            ms.append((time.perf_counter_ns() - t0) / 1e6)
-    return {**warm, **summarize(ms)}
+            end.record()
+            if wait_each:
+                end.synchronize()
+        torch.cuda.synchronize(self.device)
+        return [s.elapsed_time(e) for s, e in pairs]
+
+    def close(self) -> None:
+        self.flush = None
 
 
-def _time_cuda(fn: Callable, device: torch.device, n: int, flush_l2: bool) -> list[float]:
-    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 else None
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        if flush is not None:
-            flush.zero_()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize(device)
-    return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+def warm_up(timer: Timer, fn: Callable, p: Protocol) -> tuple[dict, list[float]]:
+    """Call fn until warmup_iters calls and warmup_ms have passed, each waited for; return the
+    warm-up columns and the per-call times (the host-inclusive samples)."""
+    t0 = time.perf_counter()
+    samples: list[float] = []
+    while len(samples) < p.warmup_iters or (time.perf_counter() - t0) * 1e3 < p.warmup_ms:
+        samples += timer.batch(fn, 1, wait_each=True)
+    return {"warmup_iters": len(samples), "warmup_s": time.perf_counter() - t0}, samples
+
+
+def capture(fn: Callable, device: torch.device):
+    """fn captured in a CUDA graph (after one call on the capture stream), or the reason it cannot be."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            out = fn()
+        graph.replay()
+        _sync(device)
+        return graph, out, None
+    except Exception as exc:  # a call that syncs, a backend that refuses capture
+        with contextlib.suppress(Exception):
+            torch.cuda.synchronize(device)
+        return None, None, f"not capturable in a CUDA graph: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+
+
+def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol) -> tuple[list[float], str]:
+    """Timed calls in growing batches until the stopping rule holds; returns (ms, stop_reason)."""
+    ms: list[float] = []
+    t0 = time.perf_counter()
+    batch = max(1, min(p.max_iters, int(_BATCH_S / max(est_s, 1e-7))))
+    while True:
+        ms += timer.batch(call, min(batch, p.max_iters - len(ms)))
+        spent_ms = (time.perf_counter() - t0) * 1e3
+        if len(ms) >= p.max_iters:
+            return ms, "max_iters"
+        if len(ms) >= p.min_iters:
+            if p.precision > 0 and median_ci_half(ms) <= p.precision:
+                return ms, "precision"
+            if spent_ms >= p.budget_ms:
+                return ms, "budget"
+        per_call_ms = spent_ms / len(ms)
+        left = max(1, int((p.budget_ms - spent_ms) / max(per_call_ms, 1e-4)))
+        batch = max(1, min(len(ms), left, p.max_iters - len(ms)))  # double, within the budget
+
+
+def time_fn(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> dict:
+    """Warm up, then time fn by the protocol above; the row's timing columns."""
+    timer = Timer(device, p.flush_l2)
+    cols, host = warm_up(timer, fn, p)
+    t0 = time.perf_counter()
+    est_s = statistics.median(host) / 1e3
+    graph, out, note = None, None, None
+    if timer.cuda:
+        if p.method in ("auto", "graph"):
+            graph, out, note = capture(fn, device)
+        else:
+            note = f"measure.method={p.method}"
+    method = "cuda_graph" if graph is not None else ("cuda_events" if timer.cuda else "cpu_clock")
+    ms, stop = timed_loop(timer, graph.replay if graph is not None else fn, est_s, p)
+    stats = summarize(ms)
+    host_med = statistics.median(host[1:] or host) if timer.cuda else None
+    cols |= {
+        **stats,
+        "timing_method": method,
+        "timing_note": note,
+        "stop_reason": stop,
+        "host_median_ms": host_med,
+        "launch_overhead_ms": max(0.0, host_med - stats["median_ms"]) if host_med is not None else None,
+        "timing_s": cols["warmup_s"] + time.perf_counter() - t0,
+    }
+    del graph, out  # the graph's memory pool goes before the memory pass
+    timer.close()
+    return cols
 
 
 @contextlib.contextmanager
@@ -139,26 +239,33 @@ def cpu_peak_bytes(fn: Callable) -> int:
     return peak
 
 
-def measure_memory(fn: Callable, device: torch.device) -> dict:
-    """Peak PyTorch memory of one call, apart from timing: above what was allocated before.
+def measure_memory(fn: Callable, device: torch.device, nvml=None) -> dict:
+    """Peak memory of one call, in a pass of its own: PyTorch's figures above what was
+    allocated before (the inputs) and, on a GPU with ``nvml`` (a ``device.Nvml``), NVML's
+    readings of the device and of this process right before and right after the call.
 
     In fwd_bwd the call is a forward and a backward, so the peak holds what autograd saves.
     On the CPU only the peak above what existed before is known (the inputs are not counted).
     """
+    t0 = time.perf_counter()
     if device.type != "cuda":
-        return {"peak_allocated_bytes": cpu_peak_bytes(fn)}
+        return {"peak_allocated_bytes": cpu_peak_bytes(fn), "memory_s": time.perf_counter() - t0}
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
+    used_before = nvml.device_used() if nvml else None
     out = fn()
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
-    reserved = torch.cuda.max_memory_reserved(device)
-    del out
-    return {
+    cols = {
         "inputs_bytes": before,
         "peak_allocated_bytes": peak - before,
         "peak_allocated_total_bytes": peak,
-        "peak_reserved_bytes": reserved,
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
     }
+    if nvml:
+        cols |= {"nvml_used_before_bytes": used_before, "nvml_used_peak_bytes": nvml.device_used(),
+                 "nvml_process_peak_bytes": nvml.process_used()}
+    del out
+    return cols | {"memory_s": time.perf_counter() - t0}

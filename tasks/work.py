@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tasks.flops import attention_bytes, attention_flops  # noqa: F401  (the workloads' shared counts)
+
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-FLOPS_CONVENTION = "4*B*H*N^2*D fwd, /2 causal, x3.5 fwd_bwd"
+FLOPS_CONVENTION = "4*B*H*N^2*D fwd, /2 causal, x3.5 fwd_bwd; bytes: q, k, v read and out written once (fwd_bwd: x3)"
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -19,16 +21,12 @@ def dtype_of(name: str) -> torch.dtype:
 class Work:
     step: Callable[[], object]  # what gets timed: a forward, or a forward and backward
     flops: float  # per step, by FLOPS_CONVENTION
+    bytes: float  # fewest bytes a step moves through memory, by the same convention
     check: Callable[[], float]  # relative error of the output against an fp32 reference
     pinned: Callable  # context that pins the backend while the step runs
     train: bool  # autograd on (fwd_bwd) or inference mode (fwd)
     flops_convention: str = FLOPS_CONVENTION  # how this workload counts flops
     compiled: bool = False  # the first step compiles (timed apart as compile_s)
-
-
-def attention_flops(b: int, h: int, n: int, d: int, causal: bool, mode: str) -> float:
-    fwd = 4.0 * b * h * n * n * d / (2 if causal else 1)
-    return fwd * (3.5 if mode == "fwd_bwd" else 1.0)
 
 
 def make_step(forward: Callable, inputs: tuple, train: bool, gen: torch.Generator) -> Callable:

@@ -1,0 +1,70 @@
+"""What the command-line entry points share: where the configs are, the console log, and
+Hydra's own mistakes (an unknown key, a wrong type, a missing config group, a YAML syntax
+error) told as one line naming the key and the file, exit code 2, no traceback.
+
+Entry points: ``attn-sweep`` = ``python -m orchestrator``, ``attn-report`` =
+``python -m orchestrator.report``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def conf_dir() -> str:
+    """``conf/`` of a checkout (an editable install too), or the copy a wheel carries."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    if (packaged / "config.yaml").is_file():
+        return str(packaged)
+    return str(Path(__file__).resolve().parents[1] / "conf")
+
+
+CONF = conf_dir()
+
+
+def console() -> None:
+    """The project's messages on the terminal (above a live view), once; Hydra's log file gets
+    them too, through the root logger."""
+    from orchestrator.progress import ConsoleHandler
+
+    lg = logging.getLogger("orchestrator")
+    lg.setLevel(logging.INFO)
+    if not any(isinstance(h, ConsoleHandler) for h in lg.handlers):
+        lg.addHandler(ConsoleHandler())
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra and OmegaConf errors span lines (and hide the cause): the gist, with its key."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+        text = " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type=")))
+        if key and key not in text:
+            text = f"{key}: {text}"
+        if text and text not in parts:
+            parts.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(parts).replace("\t", " ")
+
+
+def run(app: Callable[[], None]) -> None:
+    """Run a @hydra.main app. With HYDRA_FULL_ERROR=1 (yours) the traceback shows as usual."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    mine = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own traceback
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException, YAMLError) as exc:
+        if mine:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,191 @@
+"""Ray clusters: start a private one or join one (token authentication as Ray sets it up), say
+which, and tell what it offers.
+
+* ``cluster.address`` null (and no ``RAY_ADDRESS``): a private local cluster
+  (``address="local"``): never a cluster nobody pointed the sweep at.
+* ``auto``, ``host:port``, ``ray://...`` or ``RAY_ADDRESS``: join that cluster. When a token is
+  where Ray keeps it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) the driver
+  uses it (Ray itself does so only for ``auto``); a rejected token is one line, within a second.
+* Ray's own messages go to the run's log file, not the terminal (``cluster.verbose=true`` shows them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.config import ConfigError
+
+
+def token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+# Ray reads the authentication mode once, when it is imported: decide it before that.
+if "RAY_AUTH_MODE" not in os.environ and token_available():
+    os.environ["RAY_AUTH_MODE"] = "token"  # harmless against a cluster without authentication
+
+import ray  # noqa: E402
+
+log = logging.getLogger(__name__)
+TOKEN_HELP = ("copy the head node's ~/.ray/auth_token to this machine (or set RAY_AUTH_TOKEN=<token>, or "
+              "RAY_AUTH_TOKEN_PATH=<file>); `ray get-auth-token` on the head prints it")
+
+
+class ClusterError(ConfigError):
+    """The cluster cannot run this sweep: one line, exit 2, before any cell runs."""
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Ray's C++ core writes its retries straight to file descriptor 2: keep them off the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody answers (ray.init would retry for minutes)."""
+    hostport = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cluster.address = {address!r}: cannot connect ({exc})") from None
+
+
+def check_token(address: str) -> None:
+    """Ask the cluster's GCS once whether it takes our token (ray.init would retry 20 times)."""
+    if address == "auto" or "://" in address:
+        return
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray: ray.init will say it
+        return
+    with _quiet_stderr():
+        try:
+            GcsClient(address=address)
+        except AuthenticationError:
+            mode = os.environ.get("RAY_AUTH_MODE", "unset")
+            have = "no token was found" if not token_available() else "its token differs from ours"
+            raise ClusterError(f"cluster.address = {address!r}: the cluster requires a Ray auth token and {have} "
+                               f"(RAY_AUTH_MODE={mode}): {TOKEN_HELP}") from None
+        except Exception:  # noqa: BLE001 - anything else: ray.init gives the real reason
+            return
+
+
+def _ray_logging(verbose: bool) -> dict:
+    if verbose:
+        return {"logging_level": logging.INFO}
+    ray_log = logging.getLogger("ray")
+    ray_log.propagate, ray_log.level = True, logging.INFO  # into the run's log file (Hydra's root handler)
+    root = logging.getLogger()
+    if not root.handlers:  # no log file here: keep Ray's lines off the terminal all the same
+        root.addHandler(logging.NullHandler())
+    return {"configure_logging": False, "log_to_driver": False}
+
+
+def connect(c, prestart_workers: bool = False) -> str:
+    """Join the configured cluster, or start a private local one; returns a line saying which."""
+    address = c.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return "using the Ray cluster this process is already connected to"
+    source = f"cluster.address = {c.address!r}" if c.address else f"RAY_ADDRESS = {address!r}"
+    kw = {"include_dashboard": False, **_ray_logging(c.verbose), **dict(c.init)}
+    if address:
+        check_reachable(address)
+        check_token(address)
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "5")
+        try:
+            with _quiet_stderr() if not c.verbose else contextlib.nullcontext():
+                ray.init(address=address, **kw)
+        except Exception as exc:  # unreachable address, no cluster running, version skew, a token
+            text = f"{exc} {exc.__cause__ or ''}"
+            why = TOKEN_HELP if "InvalidAuthToken" in text else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ClusterError(f"{source}: cannot connect ({why})") from None
+        return f"joined the Ray cluster at {address} ({source})"
+    if not prestart_workers:
+        kw.setdefault("_system_config", {"prestart_worker_first_driver": False})
+    ray.init(address="local", num_cpus=c.num_cpus, num_gpus=c.num_gpus, **kw)
+    return "started a private Ray cluster on this machine (cluster.address=auto or host:port joins one)"
+
+
+def host_gpus() -> int:
+    """NVIDIA GPUs this host has, by NVML (no torch, no CUDA context); 0 when there is no driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetCount()
+    except Exception:  # noqa: BLE001 - no library, no driver, no device
+        return 0
+
+
+@dataclass
+class Resources:
+    """What the cluster offers: GPUs by accelerator type ("any" counts all), CPUs, nodes."""
+
+    gpus: dict[str, int] = field(default_factory=dict)
+    cpus: float = 0.0
+    nodes: int = 0
+
+    @property
+    def default_target(self) -> str:
+        types = [t for t in self.gpus if t != "any"]
+        if not self.gpus.get("any"):
+            return "cpu"
+        return types[0] if len(types) == 1 else "any"
+
+    def line(self) -> str:
+        gpus = ", ".join(f"{n} {t}" for t, n in self.gpus.items() if t != "any") or str(self.gpus.get("any", 0))
+        return f"{self.nodes} node(s), {self.cpus:g} CPUs, GPUs: {gpus}"
+
+
+def resources() -> Resources:
+    r = Resources()
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        r.nodes += 1
+        res = node["Resources"]
+        r.cpus += res.get("CPU", 0)
+        n = int(res.get("GPU", 0))
+        if n:
+            r.gpus["any"] = r.gpus.get("any", 0) + n
+            for key in res:
+                if key.startswith("accelerator_type:"):
+                    t = key.split(":", 1)[1]
+                    r.gpus[t] = r.gpus.get(t, 0) + n
+    return r
+
+
+def where() -> dict:
+    """The calling Ray worker's node and the GPU ids Ray gave it."""
+    ctx = ray.get_runtime_context()
+    gpus = ctx.get_accelerator_ids().get("GPU", [])
+    return {"node_id": ctx.get_node_id(), "visible_devices": ",".join(gpus) if gpus else None,
+            "host": socket.gethostname()}
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

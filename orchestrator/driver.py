@@ -1,0 +1,261 @@
+"""One sweep, start to end: ``run(cfg)`` checks everything it can before any work, starts or
+joins the cluster (``session.py``), then runs rounds: a planner hands it cells (the grid: one
+round; the capacity search: bisection rounds), the driver skips what the dataset already has,
+writes the rows a device cannot run, claims and dispatches the rest, records each row as it
+lands, and asks the planner again. Then it compacts the dataset and writes the report.
+
+Run id, claims, durable rows, the roofline columns, the summary and the exit code are done
+here, once, for every planner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import time
+import uuid
+from datetime import datetime, timezone
+
+from omegaconf import OmegaConf
+
+from orchestrator import capability, provenance
+from orchestrator.config import ConfigError, validate
+from orchestrator.grid import Cell, expand
+from orchestrator.store import Store, StoreError
+from orchestrator.summary import Summary
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: the sweep stopped; every row written so far is kept."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StoreWriteError(Exception):
+    """A row could not be made durable (a full disk, a store gone read-only)."""
+
+
+class GridPlanner:
+    """The grid: a planner of one round."""
+
+    def __init__(self, cfg, default_target: str):
+        self.cells, self._given = expand(cfg, default_target), False
+
+    def targets(self) -> set[str]:
+        return {c.target for c in self.cells}
+
+    def next_round(self) -> list[Cell]:
+        cells, self._given = ([] if self._given else self.cells), True
+        return cells
+
+    def usable(self, row: dict) -> bool:
+        return True
+
+    def record(self, cell: Cell, row: dict) -> None:
+        pass
+
+
+def planner_for(cfg, default_target: str):
+    if cfg.capacity.enabled:
+        from orchestrator.capacity import CapacityPlanner
+
+        return CapacityPlanner(cfg, default_target)
+    return GridPlanner(cfg, default_target)
+
+
+def measure_key(cfg) -> tuple[str, str]:
+    """(hash, JSON) of the measurement settings: rows of other settings are not the same numbers."""
+    settings = json.dumps(OmegaConf.to_container(cfg.measure, resolve=True), sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:12], settings
+
+
+class RunLog:
+    """One run's rows: each completed with the run's columns, made durable, then tallied."""
+
+    def __init__(self, cfg, store: Store, summary: Summary, session):
+        key, settings = measure_key(cfg)
+        self.store, self.summary, self.session = store, summary, session
+        self.ctx = {"run_id": summary.run_id, "sweep_name": cfg.sweep_name, "isolation": cfg.run.isolation,
+                    "measure_key": key, "measure_settings": settings, **provenance.record()}
+
+    def record(self, cell: Cell, result: dict, slot=None) -> dict:
+        from tasks.ceilings import shares
+
+        row = {**self.session.platform(cell.target), **result, **cell.params(), "cell_id": cell.cell_id,
+               "row_id": uuid.uuid4().hex, **self.ctx}
+        row |= shares(row, self.session.ceiling(row, slot))
+        try:
+            self.store.append([row])  # durable before the cell counts as done
+        except OSError as exc:
+            raise StoreWriteError(f"{self.store.path}: {exc.strerror or exc}") from None
+        self.store.release(cell.cell_id, self.summary.run_id)
+        self.summary.count(row)
+        return row
+
+
+class Rounds:
+    """The round loop: what to skip, what no device can run, what to claim and dispatch."""
+
+    def __init__(self, cfg, store: Store, session, runlog: RunLog, planner):
+        self.cfg, self.store, self.session, self.runlog, self.planner = cfg, store, session, runlog, planner
+        self.summary, self.key = runlog.summary, runlog.ctx["measure_key"]
+        self.seen: set[str] = set()
+
+    def run(self) -> None:
+        while cells := self.planner.next_round():
+            self.round(cells)
+
+    def round(self, cells: list[Cell]) -> None:
+        todo = self._skip_done(cells)
+        runnable = []
+        for cell in todo:
+            pre = capability.unsupported(cell)
+            if pre is not None:  # the target cannot run it: a row now, never scheduled
+                self.planner.record(cell, self.runlog.record(cell, pre))
+            else:
+                runnable.append(cell)
+        mine, theirs = self._claim(runnable)
+        self.session.execute(mine, self._on_row, len(todo) - len(runnable))
+        self._wait_for_others(theirs)
+
+    def _skip_done(self, cells: list[Cell]) -> list[Cell]:
+        new = [c for c in cells if c.cell_id not in self.seen]
+        self.seen |= {c.cell_id for c in new}
+        self.summary.total += len(new)
+        done = self.store.done(self.cfg.run.rerun, self.key) & {c.cell_id for c in cells}
+        if done:
+            rows = self.store.latest().set_index("cell_id") if self.cfg.capacity.enabled else None
+            for c in cells:
+                if c.cell_id in done and rows is not None and not self.planner.usable(rows.loc[c.cell_id].to_dict()):
+                    done.discard(c.cell_id)
+                elif c.cell_id in done and rows is not None:
+                    self.planner.record(c, rows.loc[c.cell_id].to_dict())
+            other = self.store.measured_otherwise(done, self.key)
+            if other and self.cfg.run.rerun != "changed":
+                self.summary.other_settings += len(other)
+                log.warning("%d of these cells were measured with other measure.* settings than this run's; "
+                            "their rows are kept. To measure them with these settings: run.rerun=changed", len(other))
+        self.summary.skipped += len([c for c in new if c.cell_id in done])
+        return [c for c in cells if c.cell_id not in done]
+
+    def _claim(self, cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+        mine, theirs = [], []
+        for c in cells:
+            (mine if self.store.claim(c.cell_id, self.summary.run_id) is None else theirs).append(c)
+        if theirs:
+            log.info("%d cells are being measured by another sweep on this store: waiting for their rows "
+                     "instead of measuring them twice", len(theirs))
+        return mine, theirs
+
+    def _wait_for_others(self, cells: list[Cell]) -> None:
+        """Cells another live sweep holds: take their rows when they land, or measure them if that
+        sweep goes away without them."""
+        while cells:
+            self.session.idle(1.0)
+            done = self.store.done("none", None)
+            waiting = []
+            for c in cells:
+                if c.cell_id in done:
+                    self.summary.elsewhere += 1
+                    if self.cfg.capacity.enabled:
+                        self.planner.record(c, self.store.latest().set_index("cell_id").loc[c.cell_id].to_dict())
+                else:
+                    waiting.append(c)
+            mine, cells = self._claim_quietly(waiting)
+            if mine:
+                self.session.execute(mine, self._on_row, 0)
+
+    def _claim_quietly(self, cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+        mine = [c for c in cells if self.store.claim(c.cell_id, self.summary.run_id) is None]
+        return mine, [c for c in cells if c not in mine]
+
+    def _on_row(self, cell: Cell, result: dict, slot=None) -> dict:
+        row = self.runlog.record(cell, result, slot)
+        self.planner.record(cell, row)
+        return row
+
+
+def run(cfg, output_dir: str | None = None) -> Summary:
+    """The sweep as a plain function. Raises ConfigError (bad input or a cluster that cannot run
+    it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError."""
+    validate(cfg)
+    store = Store(cfg.store.path)
+    try:
+        store.prepare()
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    from orchestrator.session import Session  # Ray is imported only once the config is known good
+
+    summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
+    with Session(cfg, store, summary) as session:
+        planner = planner_for(cfg, session.default_target)
+        store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
+                                        "config": OmegaConf.to_container(cfg, resolve=True)})
+        session.start_devices(planner.targets())
+        rounds = Rounds(cfg, store, session, RunLog(cfg, store, summary, session), planner)
+        t0 = time.perf_counter()
+        try:
+            rounds.run()
+        finally:
+            summary.wall_s = time.perf_counter() - t0
+            store.end_run(summary.run_id)
+    finish(cfg, store, summary, planner, output_dir)
+    return summary
+
+
+def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None) -> None:
+    """Compaction, the summary line, the capacity table and the report: none of them can lose a row."""
+    if cfg.store.compact:
+        try:
+            store.compact()
+        except OSError as exc:
+            log.warning("store: compaction skipped (%s); the part files hold every row", exc.strerror or exc)
+    log.info(summary.line())
+    cells = getattr(planner, "cells", None)
+    if cfg.capacity.enabled:
+        from orchestrator import report_capacity
+
+        report_capacity.write(planner, output_dir)
+        cells = [c for s in planner.searches for c in planner_trials(s)]
+    if cfg.report.enabled and output_dir and cells:
+        from orchestrator import report
+
+        report.for_sweep(cfg, store, cells, output_dir)
+
+
+def planner_trials(search) -> list[Cell]:
+    import dataclasses
+
+    return [dataclasses.replace(search.key, seq_len=t["seq_len"]) for t in search.trials]
+
+
+def exit_code(cfg, summary: Summary) -> int:
+    """1 when a cell of this run ended in a status of run.fail_on, else 0."""
+    bad = {s: n for s, n in summary.statuses.items() if s in set(cfg.run.fail_on)}
+    if bad:
+        log.error("run.fail_on: %s in this run", ", ".join(f"{n} {s}" for s, n in sorted(bad.items())))
+        return 1
+    return 0
+
+
+def main(cfg, output_dir: str | None) -> int:
+    """``python -m orchestrator``: the sweep, with every way it can end turned into an exit code
+    and one line (never a traceback for input, a cluster, signals or a full disk)."""
+    try:
+        summary = run(cfg, output_dir)
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return 2
+    except Interrupted as exc:
+        return 128 + exc.signum
+    except StoreWriteError as exc:
+        log.error("error: cannot write to the dataset %s. Every row written before is kept; run the same "
+                  "command again, once it can be written, to measure the rest", exc)
+        return 1
+    return exit_code(cfg, summary)

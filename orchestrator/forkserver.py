@@ -1,0 +1,221 @@
+"""A fork server: a clean process (no Ray threads, no CUDA) that imports torch and the cell
+code once, then forks a fresh child per request, in a small fraction of what starting Python
+and importing torch costs; each child starts its own CUDA context.
+
+Why not ``multiprocessing``'s forkserver: that one belongs to the process that starts it. This
+one listens on a unix socket, so the driver can start it *before* Ray (its imports, about
+10 s on an H100 machine, overlap Ray's start) and a device actor on the same host connects to
+it; an actor on another host starts its own. The server dies with whoever started it (its
+stdin closes), and its children die with it (``PR_SET_PDEATHSIG``).
+
+Protocol, per client connection: the client sends ``(module, function)`` with one file
+descriptor (the child's end of a socket pair); the server forks, the child calls
+``module.function(fd)``, and the server answers ``("forked", pid)``; later it sends
+``("exit", pid, code)`` when that child ends (code < 0: killed by that signal).
+No Ray here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from multiprocessing import reduction
+
+PRELOAD = ["tasks.preload"]  # torch, the cell code, and what cells import lazily
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent goes, so no orphan holds a GPU."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _send(sock: socket.socket, obj, fds=()) -> None:
+    data = pickle.dumps(obj)
+    sock.sendall(struct.pack("!I", len(data)) + data)
+    if fds:
+        reduction.sendfds(sock, list(fds))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _recv(sock: socket.socket):
+    (n,) = struct.unpack("!I", _recv_exact(sock, 4))
+    return pickle.loads(_recv_exact(sock, n))
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def _child(listener, clients, request, fd) -> None:
+    """In the forked child: drop the server's sockets and handlers, then run the target."""
+    listener.close()
+    for c in clients:
+        c.close()
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    die_with_parent()
+    code = 0
+    try:
+        module, function = request
+        getattr(importlib.import_module(module), function)(fd)
+    except BaseException:  # noqa: BLE001 - report anything, then leave without Python's teardown
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
+def serve(address: str, preload: list[str]) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(64)  # clients may connect while the imports below run
+    for module in preload:
+        importlib.import_module(module)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    clients: dict[socket.socket, set[int]] = {}
+    owner: dict[int, socket.socket] = {}
+    while True:
+        ready, _, _ = select.select([listener, sys.stdin, wake_r, *clients], [], [])
+        if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
+            return  # whoever started us is gone; our children follow (PDEATHSIG)
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            _reap(owner)
+        if listener in ready:
+            conn, _ = listener.accept()
+            clients[conn] = set()
+        for c in [c for c in ready if c in clients]:
+            try:
+                request = _recv(c)
+                fd = reduction.recvfds(c, 1)[0]
+            except (EOFError, OSError):
+                del clients[c]
+                c.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _child(listener, list(clients), request, fd)
+            os.close(fd)
+            owner[pid] = c
+            with contextlib.suppress(OSError):
+                _send(c, ("forked", pid))
+
+
+def _reap(owner: dict) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        c = owner.pop(pid, None)
+        if c is not None:
+            with contextlib.suppress(OSError):
+                _send(c, ("exit", pid, os.waitstatus_to_exitcode(status)))
+
+
+# ----------------------------------------------------------------------------- the client side
+
+
+def start(preload: list[str] = PRELOAD) -> tuple[str, subprocess.Popen]:
+    """Start a server now (its imports continue in the background); returns (address, process).
+    Keep the process object: the server lives while its stdin pipe is open."""
+    address = os.path.join(tempfile.mkdtemp(prefix="attn-fork-"), "s")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.forkserver", address, *preload],
+                            stdin=subprocess.PIPE, env=env, start_new_session=True)
+    return address, proc
+
+
+class Client:
+    """A connection to a server: ``fork`` children, learn how they ended."""
+
+    def __init__(self, address: str, connect_timeout_s: float = 120.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = _now() + connect_timeout_s
+        while True:
+            try:
+                self.sock.connect(address)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if _now() > deadline:
+                    raise
+                threading.Event().wait(0.05)
+        self.lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.forked: list[int] = []
+        self.exits: dict[int, int] = {}
+        self.closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = _recv(self.sock)
+                with self.cond:
+                    if msg[0] == "forked":
+                        self.forked.append(msg[1])
+                    else:
+                        self.exits[msg[1]] = msg[2]
+                    self.cond.notify_all()
+        except (EOFError, OSError):
+            with self.cond:
+                self.closed = True
+                self.cond.notify_all()
+
+    def fork(self, module: str, function: str, fd: int, timeout_s: float = 300.0) -> int:
+        """A new child running ``module.function(fd)``; returns its pid. Waits while the server
+        is still importing (the first fork after a start)."""
+        with self.lock:
+            _send(self.sock, (module, function), [fd])
+            with self.cond:
+                if not self.cond.wait_for(lambda: self.forked or self.closed, timeout_s) or not self.forked:
+                    raise RuntimeError("the fork server did not answer (it died, or is still importing)")
+                return self.forked.pop(0)
+
+    def exit_code(self, pid: int, timeout_s: float) -> int | None:
+        """The child's exit code once it has ended (None if not within timeout_s)."""
+        with self.cond:
+            self.cond.wait_for(lambda: pid in self.exits or self.closed, timeout_s)
+            return self.exits.get(pid)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+if __name__ == "__main__":
+    die_with_parent()
+    serve(sys.argv[1], sys.argv[2:])

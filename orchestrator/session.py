@@ -1,0 +1,215 @@
+"""The Ray half of a run: the fork server, the cluster, the device workers and their probes,
+signals, and dispatching a round's cells. ``driver.py`` uses it as a context manager:
+
+    with Session(cfg, store, summary) as session:   # cluster up (private or joined), signals ours
+        session.start_devices(targets)              # one worker per device, probed (ceilings)
+        session.execute(cells, on_row, 0)           # rows come back through on_row
+
+Settings the cluster can never satisfy are refused in one line before any cell runs. On
+SIGINT or SIGTERM (once or twice) the running cells are cancelled, the workers and a cluster
+this run started are shut down, and ``driver.Interrupted`` says how to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from orchestrator import cluster, forkserver
+from orchestrator.cluster import ClusterError
+from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
+from orchestrator.grid import Cell
+from orchestrator.progress import Progress
+from orchestrator.summary import cost_estimate
+from tasks.flops import cell_flops
+
+log = logging.getLogger(__name__)
+PLATFORM = ("device_type", "device_name", "compute_capability", "device_total_bytes", "driver_version", "cuda_version",
+            "cudnn_version", "torch_version", "host")
+HEARTBEAT_S = 5.0
+
+
+class Session:
+    def __init__(self, cfg, store, summary):
+        self.cfg, self.store, self.summary = cfg, store, summary
+        self.pool = cfg.run.isolation == "pool"
+        self.slots: list[Slot] = []
+        self.launcher = None
+        self.fork = None
+        self.owns_ray = False
+        self.signum: int | None = None
+        self._saved_handlers: dict = {}
+        self._beat = 0.0
+
+    # ------------------------------------------------------------------ start and stop
+
+    def __enter__(self) -> Session:
+        t0 = time.perf_counter()
+        c, r = self.cfg.cluster, self.cfg.run
+        joining = bool(c.address or os.environ.get("RAY_ADDRESS"))
+        if not joining:
+            self._check_host()
+        log.info("cluster: %s", "joining the Ray cluster at " + str(c.address or os.environ["RAY_ADDRESS"])
+                 if joining else "starting a private Ray cluster on this machine")
+        if self.pool and not joining:
+            self.fork = forkserver.start()  # imports torch while Ray starts
+        was_up = cluster.ray.is_initialized()
+        try:
+            line = cluster.connect(c, prestart_workers=not self.pool)
+        except BaseException:
+            self._stop_fork()
+            raise
+        self.owns_ray = not was_up
+        self._take_signals()
+        self.resources = cluster.resources()
+        log.info("cluster: %s: %s (%.1f s)", line, self.resources.line(), time.perf_counter() - t0)
+        self._check_cluster()
+        self.default_target = self.resources.default_target if r.device != "cpu" or self.resources.gpus else "cpu"
+        self.t0 = t0
+        return self
+
+    def _check_host(self) -> None:
+        """A private cluster: GPUs asked for that this machine does not have."""
+        c, r = self.cfg.cluster, self.cfg.run
+        have = cluster.host_gpus()
+        if c.num_gpus and c.num_gpus > have and r.device != "cpu":
+            raise ClusterError(f"cluster.num_gpus = {c.num_gpus}, but this machine has {have} NVIDIA GPU(s): cells "
+                               "would fail to start CUDA. To test scheduling with fake GPUs, add run.device=cpu")
+        if r.device == "cuda" and not have and not c.num_gpus:
+            raise ClusterError("run.device = 'cuda', but this machine has no NVIDIA GPU (NVML finds none)")
+
+    def _check_cluster(self) -> None:
+        r, res = self.cfg.run, self.resources
+        if r.device == "cuda" and not res.gpus:
+            raise ClusterError(f"run.device = 'cuda', but the cluster has no GPU ({res.line()})")
+        if not res.gpus and r.cpu_workers > res.cpus:
+            raise ClusterError(f"run.cpu_workers = {r.cpu_workers}, but the cluster has {res.cpus:g} CPU(s): the "
+                               f"extra workers would wait forever; use run.cpu_workers={max(1, int(res.cpus))}")
+
+    def _take_signals(self) -> None:
+        """Ray installs a SIGTERM handler that exits mid-call with a C++ dump; ours stops the sweep."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        if self.signum is not None:
+            return  # a second Ctrl-C or SIGTERM while stopping: stopping cleanly anyway
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        from orchestrator.driver import Interrupted
+
+        stopping = exc_type is KeyboardInterrupt or self.signum is not None
+        if stopping:
+            self.signum = self.signum or signal.SIGINT
+            for sig in self._saved_handlers:
+                signal.signal(sig, signal.SIG_IGN)  # nothing interrupts the clean-up
+        try:
+            if self.launcher is not None:
+                self.launcher.close(self.slots)
+            if self.owns_ray:
+                cluster.shutdown()
+        finally:
+            self._stop_fork()
+            for sig, handler in self._saved_handlers.items():
+                signal.signal(sig, handler)
+        if stopping:
+            name = signal.Signals(self.signum).name
+            log.warning("interrupted by %s: %d rows of this run saved in %s; run the same command again to resume",
+                        name, sum(self.summary.statuses.values()), self.store.path)
+            raise Interrupted(self.signum) from None
+        return False
+
+    def _stop_fork(self) -> None:
+        if self.fork is not None:
+            self.fork[1].kill()
+            self.fork[1].wait()
+            self.fork = None
+
+    # ------------------------------------------------------------------ devices
+
+    def start_devices(self, targets: set[str]) -> None:
+        r = self.cfg.run
+        self.slots = []
+        for target in sorted(targets):
+            on_gpu = target != "cpu"
+            n = self.resources.gpus.get(target, 0) if on_gpu else r.cpu_workers
+            if n == 0:
+                have = ", ".join(t for t in self.resources.gpus if t != "any") or "none"
+                raise ClusterError(f"grid.accelerators: no GPU of type {target!r} in the cluster (types: {have})")
+            opts = {"num_cpus": 1} if not on_gpu else {"num_gpus": 1, "num_cpus": r.cpus_per_gpu_cell}
+            if on_gpu and target != "any":
+                opts["resources"] = {f"accelerator_type:{target}": 0.001}
+            self.slots += [Slot(target, opts, len(self.slots)) for _ in range(n)]
+        self.launcher = PoolLauncher(self.cfg, self.fork[0] if self.fork else None) if self.pool else TaskLauncher(self.cfg)
+        t0 = time.perf_counter()
+        self.launcher.start(self.slots)
+        bad = [s for s in self.slots if s.info.get("error")]
+        if bad:
+            raise ClusterError(f"a device cannot run cells (host {bad[0].info.get('host')}, GPU ids "
+                               f"{bad[0].info.get('visible_devices')}): {bad[0].info['error']}")
+        self.summary.devices = len(self.slots)
+        self.summary.start_s = time.perf_counter() - self.t0
+        probe = max((s.info.get("probe_s") or 0.0) for s in self.slots)
+        log.info("%d device worker(s) ready in %.1f s (device start and ceilings: up to %.1f s); %.1f s since the "
+                 "start", len(self.slots), time.perf_counter() - t0, probe, self.summary.start_s)
+
+    def platform(self, target: str) -> dict:
+        """The device fields a row of this target gets when its cell never ran (pre-check rows)."""
+        env = next((s.info.get("env", {}) for s in self.slots if s.target == target), {})
+        return {k: env[k] for k in PLATFORM if env.get(k) is not None}
+
+    def ceiling(self, row: dict, slot: Slot | None) -> dict | None:
+        """The ceilings of the device that ran this row (by GPU UUID, else the slot, else the host)."""
+        uuid = row.get("gpu_uuid")
+        for s in self.slots:
+            if uuid and s.info.get("env", {}).get("gpu_uuid") == uuid:
+                return s.info.get("ceilings")
+        if slot is not None and slot.info.get("ceilings") and not uuid:
+            return slot.info["ceilings"]
+        return next((s.info.get("ceilings") for s in self.slots if s.info.get("host") == row.get("host")
+                     and not s.info.get("env", {}).get("gpu_uuid")), None)
+
+    # ------------------------------------------------------------------ running
+
+    def cost(self, cell: Cell) -> float:
+        return cost_estimate(cell, self.cfg.measure, cell_flops(cell))
+
+    def spec(self, cell: Cell) -> dict:
+        device = self.cfg.run.device
+        if device == "auto":
+            device = "cpu" if cell.target == "cpu" else "cuda"
+        m = self.cfg.measure
+        return {**cell.params(), "device": device, "seed": m.seed, "measure": dict(m)}
+
+    def execute(self, cells: list[Cell], on_row, unsupported: int) -> None:
+        if not cells:
+            return
+        progress = Progress(len(cells), [s.name for s in self.slots], self.cfg.sweep_name,
+                            enabled=self.cfg.run.progress, estimate_s=sum(self.cost(c) for c in cells))
+        names = {s.index: s.name for s in self.slots}
+
+        def landed(cell, result, slot):
+            progress.update(on_row(cell, result, slot), names.get(slot.index) if slot else None)
+
+        try:
+            Executor(self.cfg, self.slots, self.launcher, progress, self.cost, self.spec, self.tick).run(cells, landed)
+        finally:
+            progress.close()
+
+    def tick(self) -> None:
+        """Called from the dispatch loop a few times a second: this run's claims stay alive."""
+        now = time.monotonic()
+        if now - self._beat > HEARTBEAT_S:
+            self._beat = now
+            self.store.heartbeat(self.summary.run_id)
+
+    def idle(self, seconds: float) -> None:
+        self.tick()
+        time.sleep(seconds)

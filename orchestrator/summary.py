@@ -1,0 +1,58 @@
+"""A run's tally and its one-line summary; a cell's estimated cost (dispatch order, time left)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.grid import Cell
+from orchestrator.progress import fmt_s
+
+# Rough rates (TFLOP/s) by backend, to order cells longest first and to estimate time left: only
+# their ratios matter much, and the live view corrects them by the cells that have finished.
+RATES = {"cuda": {"cudnn": 400.0, "flash": 250.0, "flex": 250.0, "efficient": 150.0, "eager": 25.0, "math": 10.0},
+         "cpu": {}}
+DEFAULT_RATE = {"cuda": 50.0, "cpu": 0.05}
+CELL_OVERHEAD_S = 0.1  # a cell's fixed cost: warm-up, memory pass, checks
+
+
+def cost_estimate(cell: Cell, measure, flops: float) -> float:
+    """Seconds a cell is expected to hold its device: fixed costs, about a dozen calls beyond the
+    timed ones, and the timed calls (capped by the budget, at least min_iters)."""
+    kind = "cpu" if cell.target == "cpu" else "cuda"
+    call_s = flops / (RATES[kind].get(cell.backend, DEFAULT_RATE[kind]) * 1e12)
+    timed = max(measure.min_iters * call_s, min(measure.budget_ms / 1e3, 1000 * call_s))
+    return CELL_OVERHEAD_S + measure.warmup_ms / 1e3 + 6 * call_s + timed
+
+
+@dataclass
+class Summary:
+    run_id: str
+    total: int = 0  # cells the run looked at
+    skipped: int = 0  # already in the dataset
+    statuses: dict = field(default_factory=dict)
+    devices: int = 0
+    wall_s: float = 0.0  # first dispatch to last row
+    measure_s: float = 0.0
+    start_s: float = 0.0  # the fixed start: cluster, device workers
+    elsewhere: int = 0  # measured by another sweep sharing the store meanwhile
+    other_settings: int = 0  # kept from rows measured with other measure settings
+
+    @property
+    def efficiency(self) -> float:
+        """Share of wall time x devices spent measuring."""
+        return self.measure_s / (self.wall_s * self.devices) if self.wall_s and self.devices else 0.0
+
+    def count(self, row: dict) -> None:
+        self.statuses[row["status"]] = self.statuses.get(row["status"], 0) + 1
+        self.measure_s += row.get("measure_s") or 0.0
+
+    def line(self) -> str:
+        ran = sum(self.statuses.values())
+        tally = ", ".join(f"{v} {k}" for k, v in sorted(self.statuses.items())) or "nothing to do"
+        extra = f", {self.elsewhere} measured by another sweep meanwhile" if self.elsewhere else ""
+        return (
+            f"sweep {self.run_id}: {ran} cells run ({tally}), {self.skipped} already done{extra}; "
+            f"{fmt_s(self.wall_s)} on {self.devices} device(s) after a {self.start_s:.1f} s start; efficiency "
+            f"{self.efficiency:.2f} ({self.measure_s:.1f} s measuring of {self.wall_s * self.devices:.1f} "
+            "device-seconds)"
+        )

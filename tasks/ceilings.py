@@ -1,0 +1,73 @@
+"""What this device can do at best, measured once per device and run: the matmul rate in each
+dtype of the grid and the memory bandwidth. A cell's TFLOP/s and bytes per second are then
+a share of these (``pct_of_compute_ceiling``, ``pct_of_bandwidth_ceiling``): the roofline.
+
+GPU: a square matmul large enough to fill the chip (8192 for half types, 4096 for float32;
+torch's default float32 matmul, no TF32), and a 1 GiB device-to-device copy counted as bytes
+read plus bytes written. CPU: the same at 1024 and 256 MiB. Each is the median of a few
+timed repeats after one warm-up: about 0.2 s on an H100.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from tasks.work import dtype_of
+
+
+def _median_s(fn, device: torch.device, reps: int) -> float:
+    fn()  # warm-up: library handles, kernel loading
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_tflops(dtype: str, device: torch.device) -> float:
+    dt = dtype_of(dtype)
+    n = (8192 if dt != torch.float32 else 4096) if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+    return 2 * n**3 / _median_s(lambda: a @ b, device, 5) / 1e12
+
+
+def copy_gbps(device: torch.device) -> float:
+    nbytes = (1 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / _median_s(lambda: dst.copy_(src), device, 5) / 1e9
+
+
+def measure(dtypes, device: torch.device) -> dict:
+    """{"tflops": {dtype: rate}, "gbps": bandwidth, "seconds": what measuring took}."""
+    t0 = time.perf_counter()
+    out = {"tflops": {d: matmul_tflops(d, device) for d in sorted(set(dtypes))}, "gbps": copy_gbps(device)}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out | {"seconds": time.perf_counter() - t0}
+
+
+def shares(row: dict, ceiling: dict | None) -> dict:
+    """The roofline columns of a measured row, from its device's ceilings."""
+    if not ceiling or row.get("status") != "ok" or not row.get("median_ms"):
+        return {}
+    tflops = ceiling["tflops"].get(row["dtype"])
+    cols = {"ceiling_tflops": tflops, "ceiling_gbps": ceiling["gbps"]}
+    if tflops and row.get("tflops") is not None:
+        cols["pct_of_compute_ceiling"] = 100 * row["tflops"] / tflops
+    if row.get("bytes"):
+        cols["pct_of_bandwidth_ceiling"] = 100 * row["bytes"] / (row["median_ms"] / 1e3) / 1e9 / ceiling["gbps"]
+    return cols
