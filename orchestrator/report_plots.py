@@ -1,30 +1,73 @@
-"""The report's plots: latency, TFLOP/s and peak memory against sequence length, one line
+"""The report's plots: time, TFLOP/s, peak memory and speedup against sequence length, one line
 per backend, and the seed notebook's bar charts.
 
-Figures are made with matplotlib's object API on the Agg canvas, never pyplot, so a report
-needs no display and leaves the caller's matplotlib backend alone. Each function takes the
-summary rows of one group (columns seq_len, backend, status, median_ms, tflops, peak_mib).
+Every backend has one colour, marker and line style in every figure of every report (STYLES;
+a backend not in the table gets a stable pick from its name's hash). Lines carry their
+p10-p90 spread as a band; a cell that did not run (oom, unsupported, error...) is marked at
+the panel's top edge above its sequence length, joined to the line by a dotted segment.
+Figures use matplotlib's object API, never pyplot; orchestrator/report_files.py writes them
+(PNG, SVG) and their numbers (CSV).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import zlib
 
 import numpy as np
-from matplotlib import colormaps
+import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 METRICS = {
     "median_ms": "median time per call (ms)",
     "tflops": "TFLOP/s",
     "peak_mib": "peak memory above inputs (MiB)",
+    "speedup": "speedup vs {baseline} (×)",
 }
+# backend: (colour, marker, line style, line width). Okabe-Ito colours (colour-blind safe);
+# earlier backends draw wider lines underneath, so lines that coincide stay visible.
+STYLES = {
+    "eager": ("#D55E00", "v", (0, (1, 1.2)), 2.2),
+    "math": ("#000000", "D", ":", 2.2),
+    "flash": ("#0072B2", "o", "-", 3.2),
+    "efficient": ("#E69F00", "^", "--", 2.2),
+    "cudnn": ("#009E73", "s", "-.", 1.4),
+    "flex": ("#CC79A7", "P", (0, (5, 1, 1, 1)), 1.6),
+}
+PLOT_COLUMNS = ["backend", "seq_len", "status", "median_ms", "p10_ms", "p90_ms", "tflops", "peak_mib", "speedup",
+                "ceiling_tflops"]
+_SPARE_COLORS = ["#56B4E9", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#F0E442", "#1F77B4"]
+_SPARE_MARKERS = ["h", "*", "p", "<", ">", "d", "8", "H"]
+FAILED_MARKS = {"oom": "X", "unsupported": "x"}  # anything else (error, crashed, timeout): a star
+_OTHER_MARK = "*"
+
+
+_PLAIN = FuncFormatter(lambda v, _: f"{v:,.10g}")
+
+
+def style(backend: str) -> dict:
+    """Line keywords of a backend: the table's, or a stable pick from the name's CRC32."""
+    if backend in STYLES:
+        color, marker, ls, lw = STYLES[backend]
+    else:
+        h = zlib.crc32(backend.encode())
+        color, marker = _SPARE_COLORS[h % len(_SPARE_COLORS)], _SPARE_MARKERS[(h >> 8) % len(_SPARE_MARKERS)]
+        ls, lw = "-", 1.6
+    return {"color": color, "marker": marker, "linestyle": ls, "linewidth": lw, "markersize": 6,
+            "markerfacecolor": "white", "markeredgewidth": 1.4}
+
+
+def order(backends) -> list[str]:
+    """Backends in the table's order, others after them by name: the same legend everywhere."""
+    known = list(STYLES)
+    return sorted(set(backends), key=lambda b: (known.index(b) if b in known else len(known), b))
 
 
 def backend_colors(backends) -> dict:
-    """One color per backend, the same in every figure of a report."""
-    cmap = colormaps["tab10"]
-    return {b: cmap(i % 10) for i, b in enumerate(sorted(set(backends)))}
+    """One colour per backend, the same in every figure of every report."""
+    return {b: style(b)["color"] for b in set(backends)}
 
 
 def _wide(values) -> bool:
@@ -38,8 +81,9 @@ def _seq_axis(ax, seqs) -> None:
     if len(seqs) > 1 and seqs[-1] / seqs[0] >= 8:
         ax.set_xscale("log", base=2)
         ax.minorticks_off()
-    ax.set_xticks(seqs, [str(s) for s in seqs])
-    ax.set_xlabel("sequence length")
+    labels = [f"{s // 1024}k" if s >= 4096 and s % 1024 == 0 else str(s) for s in seqs]
+    ax.set_xticks(seqs, labels, fontsize="small")
+    ax.set_xlabel("sequence length", fontsize="small")
 
 
 def _no_data(ax, text: str) -> None:
@@ -53,45 +97,146 @@ def _not_plotted(frame) -> str:
     return "not plotted: " + "; ".join(parts) if parts else ""
 
 
-def lines(frame, title: str, colors: dict) -> Figure:
-    """Three panels (time, TFLOP/s, memory) against sequence length, a line per backend."""
-    fig = Figure(figsize=(16, 4.8), layout="constrained")
-    ok = frame[frame["status"].eq("ok")]
-    for ax, (col, label) in zip(fig.subplots(1, 3), METRICS.items(), strict=True):
-        data = ok.dropna(subset=[col])
-        for backend, d in data.groupby("backend"):
-            d = d.sort_values("seq_len")
-            ax.plot(d["seq_len"], d[col], marker="o", label=backend, color=colors.get(backend))
-        if data.empty:
-            _no_data(ax, "no data" if col != "peak_mib" else "no memory data (CPU rows)")
-        elif _wide(data[col]):
-            ax.set_yscale("log")
-        _seq_axis(ax, frame["seq_len"])
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        if not data.empty:
-            ax.legend(fontsize="small")
+def _band(col: str, d: pd.DataFrame):
+    """The p10-p90 spread of a metric, where it has one: (low, high) arrays or None."""
+    if col == "median_ms":
+        return d["p10_ms"].to_numpy(float), d["p90_ms"].to_numpy(float)
+    if col == "tflops":  # a slow call (p90) is a low rate
+        return (d["tflops"] * d["median_ms"] / d["p90_ms"]).to_numpy(float), \
+               (d["tflops"] * d["median_ms"] / d["p10_ms"]).to_numpy(float)
+    if col == "speedup":
+        return (d["speedup"] * d["median_ms"] / d["p90_ms"]).to_numpy(float), \
+               (d["speedup"] * d["median_ms"] / d["p10_ms"]).to_numpy(float)
+    return None
+
+
+def _panel(ax, frame: pd.DataFrame, col: str, label: str) -> dict:
+    """One metric: a line and a band per backend; returns {backend: (seq_lens, values)} plotted."""
+    data = frame[frame["status"].eq("ok") & frame[col].notna()]
+    lines_ = {}
+    for backend in order(data["backend"]):
+        d = data[data["backend"].eq(backend)].sort_values("seq_len")
+        st, x = style(backend), d["seq_len"].to_numpy()
+        lines_[backend] = (x, d[col].to_numpy(float))
+        ax.plot(x, lines_[backend][1], label=backend, gid=f"line-{col}-{backend}", zorder=3, **st)
+        band = _band(col, d)
+        if band is not None and np.isfinite(band[0]).any():
+            ax.fill_between(x, *band, color=st["color"], alpha=0.22, lw=0, zorder=2, gid=f"band-{col}-{backend}")
+    if data.empty:
+        _no_data(ax, "no memory data" if col == "peak_mib" else "no data")
+    elif _wide(data[col]) or (col == "speedup" and _wide([*data[col], 1.0])):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_PLAIN)  # 0.01, 100: no mathtext (slow to lay out)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    _seq_axis(ax, frame["seq_len"])
+    ax.set_ylabel(label, fontsize="small")
+    ax.tick_params(labelsize="small")
+    ax.grid(True, which="major", alpha=0.3)
+    return lines_
+
+
+def _make_room(ax, levels: int) -> float:
+    """Raise the top of the y axis so that the data end below a strip for `levels` rows of marks;
+    returns the strip's lowest row (axes fraction)."""
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    top = 0.96 - 0.065 * levels  # the data's top, as a fraction of the axis
+    if ax.get_yscale() == "log":
+        hi = lo * (hi / lo) ** (1 / top)
+    else:
+        hi = lo + (hi - lo) / top
+    ax.set_ylim(lo, hi)
+    return top + 0.04
+
+
+def _mark_failures(ax, bad: list[tuple[str, int, str]], lines_: dict, col: str) -> None:
+    """Cells that did not run, (backend, seq_len, status) in legend order: a status mark in the
+    backend's colour in a strip along the top edge, above the cell's length (stacked when several
+    backends fail there); for time and memory, which grow with length, a dotted line to it from
+    the backend's nearest point, where its line would continue."""
+    if not bad:
+        return
+    stack: dict[int, int] = {}
+    for _, seq, _ in bad:
+        stack[seq] = stack.get(seq, 0) + 1
+    row0 = _make_room(ax, max(stack.values()))
+    to_data, stack = ax.transData.inverted(), {}
+    for backend, seq, status in bad:
+        n = stack[seq] = stack.get(seq, -1) + 1
+        y = to_data.transform(ax.transAxes.transform((0.5, row0 + 0.065 * n)))[1]
+        color = style(backend)["color"]
+        ax.plot([seq], [y], ls="", marker=FAILED_MARKS.get(status, _OTHER_MARK), markersize=8, color=color,
+                zorder=4, clip_on=False, gid=f"{status}-{col}-{backend}-{seq}")
+        if backend in lines_ and col in ("median_ms", "peak_mib"):
+            xs, ys = lines_[backend]
+            i = int(np.abs(xs - seq).argmin())
+            lo, hi = sorted((xs[i], seq))
+            if not any(b == backend and lo < s < hi for b, s, _ in bad):  # only the mark next to the line
+                ax.plot([xs[i], seq], [ys[i], y], ls=":", lw=1, color=color, zorder=2)
+
+
+def _ceiling_axis(ax, frame: pd.DataFrame) -> None:
+    """A right-hand axis in % of the device's measured matmul rate, when the group has one."""
+    ceil = pd.to_numeric(frame["ceiling_tflops"], errors="coerce").dropna().round(1).unique()
+    if len(ceil) != 1 or not ceil[0] > 0:
+        return
+    c = float(ceil[0])
+    sec = ax.secondary_yaxis("right", functions=(lambda t: t / c * 100, lambda p: p * c / 100))
+    sec.set_ylabel(f"% of measured ceiling ({c:.4g} TFLOP/s)", fontsize="small")
+    sec.tick_params(labelsize="small")
+
+
+def _legend(fig: Figure, frame: pd.DataFrame) -> None:
+    handles = [Line2D([], [], label=b, **style(b)) for b in order(frame["backend"])]
+    handles.append(Patch(color="#888", alpha=0.3, label="p10–p90"))
+    for status in sorted(set(frame["status"]) - {"ok"}):
+        handles.append(Line2D([], [], ls="", color="#444", markersize=8,
+                              marker=FAILED_MARKS.get(status, _OTHER_MARK), label=f"{status} (did not run)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize="small",
+               frameon=False)
+
+
+def lines(frame, title: str, colors: dict | None = None, baseline: str = "math") -> Figure:
+    """Four panels (time, TFLOP/s, memory, speedup) against sequence length, a line per backend.
+    ``colors`` is accepted for compatibility; colours come from STYLES."""
+    fig = Figure(figsize=(8, 6.4), layout="constrained")
+    frame = frame[PLOT_COLUMNS]
+    rank = {b: i for i, b in enumerate(order(frame["backend"]))}
+    bad = sorted(((r.backend, int(r.seq_len), r.status) for r in frame[frame["status"].ne("ok")].itertuples()),
+                 key=lambda t: (rank[t[0]], t[1]))
+    for ax, (col, label) in zip(fig.subplots(2, 2).flat, METRICS.items(), strict=True):
+        lines_ = _panel(ax, frame, col, label.format(baseline=baseline))
+        _mark_failures(ax, bad, lines_, col)
+        if col == "tflops" and lines_:
+            _ceiling_axis(ax, frame)
+        if col == "speedup" and lines_:
+            ax.axhline(1.0, color="#999", lw=0.8, zorder=1)
     note = _not_plotted(frame)
-    fig.suptitle(title + (f"\n{note}" if note else ""))
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize="medium")
+    _legend(fig, frame)
     return fig
 
 
-def bars(frame, col: str, title: str, colors: dict) -> Figure:
-    """The notebook's chart: a group of bars per sequence length, a bar per backend; a cell that
-    did not run is marked by its status where its bar would be."""
-    fig = Figure(figsize=(10, 5.4), layout="constrained")
+def bars(frame, col: str, title: str, colors: dict | None = None) -> Figure:
+    """The notebook's chart: a group of bars per sequence length, a bar per backend (time bars
+    with p10-p90 error bars); a cell that did not run shows its status where its bar would be."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
-    seqs = sorted(frame["seq_len"].unique())
-    backends = sorted(frame["backend"].unique())
-    width = 0.8 / len(backends)
-    x = np.arange(len(seqs))
+    seqs, backends = sorted(frame["seq_len"].unique()), order(frame["backend"])
+    width, x = 0.8 / len(backends), np.arange(len(seqs))
     for i, b in enumerate(backends):
-        vals = frame[frame["backend"].eq(b)].set_index("seq_len")
-        ys = [float(vals[col].get(s, np.nan)) for s in seqs]
-        ax.bar(x + (i - (len(backends) - 1) / 2) * width, ys, width, label=b, color=colors.get(b))
+        vals = frame[frame["backend"].eq(b) & frame["status"].eq("ok")].set_index("seq_len")
+        ys = np.array([float(vals[col].get(s, np.nan)) for s in seqs])
+        err = None
+        if col == "median_ms":
+            lo = np.array([float(vals["p10_ms"].get(s, np.nan)) for s in seqs])
+            hi = np.array([float(vals["p90_ms"].get(s, np.nan)) for s in seqs])
+            err = np.nan_to_num(np.vstack([ys - lo, hi - ys]).clip(min=0))
+        ax.bar(x + (i - (len(backends) - 1) / 2) * width, ys, width, label=b, color=style(b)["color"],
+               yerr=err, ecolor="#333", capsize=2, gid=f"bars-{b}")
     values = frame[col].dropna()
     if values.empty:
-        _no_data(ax, "no memory data (CPU rows)" if col == "peak_mib" else "no data")
+        _no_data(ax, "no memory data" if col == "peak_mib" else "no data")
     elif _wide(values):
         ax.set_yscale("log")
     for i, b in enumerate(backends):
@@ -107,8 +252,3 @@ def bars(frame, col: str, title: str, colors: dict) -> Figure:
     ax.set_title(title, fontsize="medium")
     ax.grid(True, axis="y", alpha=0.3)
     return fig
-
-
-def save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
-    return path

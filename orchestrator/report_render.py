@@ -1,5 +1,6 @@
-"""How a report's tables look: markdown for summary.md, rich (or plain text) on the terminal,
-and one self-contained HTML page with the plots embedded, so it can be mailed or archived."""
+"""How a report's tables look: markdown for summary.md, rich on the terminal, and one
+self-contained HTML page (plots embedded, so it can be mailed or archived) with a table of
+contents, each shape group's table beside its figure, and full error texts on demand."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+STATUS_WORDS = ("unsupported", "oom", "error", "crashed", "timeout")
+
 
 @dataclass
 class Table:
@@ -15,6 +18,10 @@ class Table:
     header: list[str]
     rows: list[list[str]] = field(default_factory=list)
     note: str = ""
+    anchor: str = ""  # the HTML id of its section
+    full: dict = field(default_factory=dict)  # (row, col): the whole text of a shortened cell
+    tips: dict = field(default_factory=dict)  # (row, col): a tooltip (HTML title)
+    strong: set = field(default_factory=set)  # (row, col): cells in bold (the fastest)
 
 
 def _md_cell(text: str) -> str:
@@ -26,80 +33,167 @@ def markdown(table: Table, level: int = 3) -> str:
     if table.note:
         lines += [table.note, ""]
     lines.append("| " + " | ".join(map(_md_cell, table.header)) + " |")
-    lines.append("|" + "|".join("---:" if _numeric(table, i) else "---" for i in range(len(table.header))) + "|")
+    lines.append("|" + "|".join("---:" if numeric(table, i) else "---" for i in range(len(table.header))) + "|")
     lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
     return "\n".join(lines) + "\n"
 
 
-def _numeric(table: Table, col: int) -> bool:
-    """Right-align a column whose cells are mostly numbers."""
-    vals = [r[col] for r in table.rows if r[col] not in ("", "–")]
-    return bool(vals) and sum(v[:1].isdigit() for v in vals) * 2 > len(vals)
+def _is_number(v: str) -> bool:
+    return v[:1].isdigit() or (v[:1] in "-−" and v[1:2].isdigit())
 
 
-def print_tables(tables: list[Table]) -> None:
-    """One table after another on the terminal: rich when it is installed, markdown otherwise."""
-    try:
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table as RichTable
-    except ImportError:  # pragma: no cover - rich is a dependency, but the report must not need it
-        print("\n".join(markdown(t) for t in tables), flush=True)
-        return
-    console = Console()
-    if not console.is_terminal:  # a log file: wide enough that rows stay on one line
-        console = Console(width=max(console.width, 200))
+def numeric(table: Table, col: int) -> bool:
+    """A column whose cells are mostly numbers (right-aligned, never cut); statuses may sit in it."""
+    vals = [r[col] for r in table.rows if r[col] not in ("", "–") and r[col] not in STATUS_WORDS]
+    return bool(vals) and sum(map(_is_number, vals)) * 2 > len(vals)
+
+
+def _short_text(table: Table, col: int) -> bool:
+    """A text column of short words (backend names): kept whole too."""
+    return all(len(r[col]) <= 16 and " " not in r[col].strip() for r in table.rows)
+
+
+def print_tables(tables: list[Table], console=None) -> None:
+    """One table after another on the terminal: numbers and short words whole, long text wrapped."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file: wide enough that most rows stay on one line
+            console = Console(width=max(console.width, 200))
     for t in tables:
-        rt = RichTable(title=escape(t.title), caption=escape(t.note) or None, title_justify="left")
+        rt = RichTable(title=escape(t.title), caption=escape(t.note) or None, title_justify="left",
+                       caption_justify="left")
         for i, h in enumerate(t.header):
-            if _numeric(t, i):  # numbers are never cut: the text columns give way
-                width = max(len(h), *(len(r[i]) for r in t.rows))
-                rt.add_column(escape(h), justify="right", no_wrap=True, min_width=width)
+            if numeric(t, i) or _short_text(t, i):
+                width = max([len(r[i]) for r in t.rows] + [len(h) if numeric(t, i) else 0])
+                rt.add_column(escape(h), justify="right" if numeric(t, i) else "left", no_wrap=True,
+                              min_width=width)
             else:
-                rt.add_column(escape(h), overflow="ellipsis", no_wrap=True, max_width=90)
+                rt.add_column(escape(h), overflow="fold", ratio=1, min_width=12)
         for row in t.rows:
             rt.add_row(*map(escape, row))
         console.print(rt)
 
 
-def html_table(table: Table, titled: bool = True) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
-    body = "".join(
-        "<tr>" + "".join(f"<td{_cls(v)}>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in table.rows
-    )
+# HTML
+
+
+def _cell(t: Table, i: int, j: int, value: str, num: bool) -> str:
+    cls = "bad" if value in STATUS_WORDS else "num" if num else ""  # a status: right-aligned too (CSS)
+    attr = f" class='{cls}'" if cls else ""
+    if (i, j) in t.tips:
+        attr += f" title='{html.escape(t.tips[(i, j)])}'"
+    text = html.escape(str(value))
+    if (i, j) in t.strong:
+        text = f"<strong>{text}</strong>"
+    if (i, j) in t.full:
+        text = (f"<details><summary>{text}</summary><pre class='full'>{html.escape(t.full[(i, j)])}</pre>"
+                "</details>")
+    return f"<td{attr}>{text}</td>"
+
+
+def html_table(table: Table, titled: bool = True, cls: str = "") -> str:
+    nums = [numeric(table, j) for j in range(len(table.header))]
+    head = "".join(f"<th{' class=num' if n else ''}>{html.escape(h)}</th>" for h, n in zip(table.header, nums,
+                                                                                           strict=True))
+    body = "".join("<tr>" + "".join(_cell(table, i, j, v, nums[j]) for j, v in enumerate(row)) + "</tr>"
+                   for i, row in enumerate(table.rows))
     note = f"<p class='note'>{html.escape(table.note)}</p>" if table.note else ""
     title = f"<h3>{html.escape(table.title)}</h3>" if titled else ""
-    return f"{title}{note}<table><tr>{head}</tr>{body}</table>"
+    klass = f" class='{cls}'" if cls else ""
+    return f"{title}{note}<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cls(value: str) -> str:
-    """Mark non-ok statuses so they stand out."""
-    return " class='bad'" if value in ("unsupported", "oom", "error", "crashed", "timeout") else ""
+def html_figure(path: Path, caption: str, links: list[Path] = ()) -> str:
+    """The PNG embedded; links to its SVG and CSV files (beside report.html)."""
+    path = Path(path)
+    data = base64.b64encode(path.read_bytes()).decode()
+    more = " · ".join(f"<a href='{html.escape(str(p))}'>{html.escape(Path(p).suffix[1:].upper() or str(p))}</a>"
+                      for p in links)
+    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}{' · ' + more if more else ''}</figcaption></figure>")
 
 
 def html_image(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    name = html.escape(Path(path).name)
-    return f"<figure><img alt='{name}' src='data:image/png;base64,{data}'><figcaption>{name}</figcaption></figure>"
+    return html_figure(path, Path(path).name)
+
+
+def html_group(table_html: str, figure_html: str, details_html: str = "") -> str:
+    """A shape group: its table (and the full table on demand) beside its figure."""
+    more = f"<details class='all'><summary>every column</summary>{details_html}</details>" if details_html else ""
+    return f"<div class='pair'><div class='tables'>{table_html}{more}</div>{figure_html}</div>"
+
+
+@dataclass
+class Section:
+    anchor: str
+    heading: str
+    body: str
+    level: int = 2
+    toc: str = ""  # the entry in the table of contents ("" = the heading)
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
-th { background: #f0f0f0; } td:nth-child(-n+2) { text-align: left; }
-td.bad { color: #b00; } .note { color: #555; }
-figure { margin: 1em 0; } img { max-width: 100%; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; }
+header, main { max-width: 1500px; margin: 0 auto; padding: 0 24px; }
+h1 { font-size: 1.5em; margin: 0.8em 0 0.2em; } h2 { font-size: 1.25em; margin-top: 1.6em;
+  border-bottom: 1px solid #ddd; } h3 { font-size: 1.02em; margin: 1.4em 0 0.4em; }
+section.group { border-top: 1px solid #eee; }
+nav#contents ol { columns: 3 300px; margin: 0.3em 0; padding-left: 1.4em; }
+nav#contents ol ol { columns: auto; }
+table { border-collapse: collapse; margin-bottom: 0.8em; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d6d6d6; padding: 2px 7px; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; font-weight: 600; } .num { text-align: right; white-space: nowrap; }
+td.bad { color: #b00; text-align: right; } strong { color: #000; } .note { color: #555; max-width: 100ch; }
+.pair { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
+.pair > .tables { flex: 0 1 auto; max-width: 100%; overflow-x: auto; }
+.pair > figure { flex: 1 1 480px; max-width: 700px; min-width: 360px; margin: 0; }
+figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 12.5px; color: #444; margin-top: 4px; }
+details > summary { cursor: pointer; } details.all { margin-bottom: 1em; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+pre.full { white-space: pre-wrap; max-width: 70ch; margin: 0.3em 0; padding: 0.4em; font-size: 12px; }
 """
 
 
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
-    """sections: (heading, inner html); empty sections are left out."""
-    body = "".join(f"<h2>{html.escape(h)}</h2>{inner}" for h, inner in sections if inner)
+def _link(s: Section) -> str:
+    return f"<a href='#{html.escape(s.anchor)}'>{html.escape(s.toc or s.heading)}</a>"
+
+
+def html_toc(sections: list[Section]) -> str:
+    """Level-2 sections as a list, the level-3 sections after each nested under it."""
+    tree: list[tuple[Section, list[Section]]] = []
+    for s in sections:
+        if s.level <= 2 or not tree:
+            tree.append((s, []))
+        else:
+            tree[-1][1].append(s)
+    items = "".join(f"<li>{_link(s)}" + (f"<ol>{''.join(f'<li>{_link(k)}</li>' for k in kids)}</ol>" if kids else "")
+                    + "</li>" for s, kids in tree)
+    return f"<nav id='contents'><h2>Contents</h2><ol>{items}</ol></nav>"
+
+
+def html_page(title: str, intro: str, sections: list[Section], toc_after: int = 1) -> str:
+    """The page: title, intro, the first toc_after sections (the environment), the table of
+    contents, then the rest; empty sections are left out."""
+    sections = [s for s in sections if s.body]
+    body = []
+    for i, s in enumerate(sections):
+        if i == toc_after:
+            body.append(html_toc(sections))
+        tag = "section class='group'" if s.level > 2 else "section"
+        body.append(f"<{tag} id='{html.escape(s.anchor)}'><h{s.level}>{html.escape(s.heading)}</h{s.level}>"
+                    f"{s.body}</section>")
+    if len(sections) <= toc_after:
+        body.append(html_toc(sections))
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{html.escape(title)}</h1>{intro}</header><main>{''.join(body)}</main></body></html>\n"
     )
 
 
