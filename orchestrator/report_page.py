@@ -110,11 +110,21 @@ def _figures_html(figs: list[dict], out: Path) -> str:
                    for f in figs)
 
 
+def _failures_html(g: pd.DataFrame) -> str:
+    """The cells of a group that did not run, by backend, status and error: each error whole on demand."""
+    bad = g[g["status"].ne("ok")]
+    items = []
+    for (b, s, err), d in bad.groupby(["backend", "status", bad["error"].fillna("")], sort=False):
+        at = ", ".join(str(n) for n in sorted(d["seq_len"]))
+        items.append((f"{b} {s} at {at}" + (f": {tables.first_line(err, 120)}" if err else ""), err))
+    return "".join(render.html_details(summary, text, cls="failure") for summary, text in items)
+
+
 def _group_sections(frame, groups_, figs, out) -> list[Section]:
     vary = tables.varying(frame)
     sections = []
     for (key, g), t in zip(tables.groups(frame), groups_, strict=True):
-        pivot = render.html_table(tables.pivot_table(g), titled=False, cls="pivot")
+        pivot = render.html_table(tables.pivot_table(g), titled=False, cls="pivot") + _failures_html(g)
         body = render.html_group(pivot, _figures_html(figs.get(t.anchor, []), out),
                                  render.html_table(t, titled=False))
         sections.append(Section(t.anchor, t.title, body, level=3, toc=tables.shape_label(key, vary)))

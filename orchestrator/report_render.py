@@ -67,10 +67,9 @@ def print_tables(tables: list[Table], console=None) -> None:
         rt = RichTable(title=escape(t.title), caption=escape(t.note) or None, title_justify="left",
                        caption_justify="left")
         for i, h in enumerate(t.header):
-            if numeric(t, i) or _short_text(t, i):
-                width = max([len(r[i]) for r in t.rows] + [len(h) if numeric(t, i) else 0])
-                rt.add_column(escape(h), justify="right" if numeric(t, i) else "left", no_wrap=True,
-                              min_width=width)
+            if numeric(t, i) or _short_text(t, i):  # as wide as its longest cell; the header may wrap
+                rt.add_column(escape(h), justify="right" if numeric(t, i) else "left",
+                              min_width=max([len(r[i]) for r in t.rows] + [max(map(len, h.split()))]))
             else:
                 rt.add_column(escape(h), overflow="fold", ratio=1, min_width=12)
         for row in t.rows:
@@ -153,7 +152,8 @@ td.bad { color: #b00; text-align: right; } strong { color: #000; } .note { color
 .pair > figure { flex: 1 1 480px; max-width: 700px; min-width: 360px; margin: 0; }
 figure img { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 12.5px; color: #444; margin-top: 4px; }
-details > summary { cursor: pointer; } details.all { margin-bottom: 1em; }
+details > summary { cursor: pointer; } details.all { margin: 0.6em 0 1em; }
+details.failure > summary { color: #b00; font-size: 13px; max-width: 90ch; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 pre.full { white-space: pre-wrap; max-width: 70ch; margin: 0.3em 0; padding: 0.4em; font-size: 12px; }
 """
@@ -195,6 +195,13 @@ def html_page(title: str, intro: str, sections: list[Section], toc_after: int = 
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<header><h1>{html.escape(title)}</h1>{intro}</header><main>{''.join(body)}</main></body></html>\n"
     )
+
+
+def html_details(summary: str, text: str, cls: str = "") -> str:
+    """A one-line summary that opens on the whole text."""
+    klass = f" class='{cls}'" if cls else ""
+    body = f"<pre class='full'>{html.escape(text)}</pre>" if text else ""
+    return f"<details{klass}><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
 def html_pre(text: str, summary: str) -> str:

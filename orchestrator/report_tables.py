@@ -94,7 +94,7 @@ def _note(r) -> tuple[str, str | None]:
     what makes its number suspect (launch-bound, a wide confidence interval, foreign kernels)."""
     if r.status != "ok":
         full = None if r.error is None or pd.isna(r.error) else str(r.error).strip()
-        short = first_line(full)
+        short = first_line(full, 240)
         return short, full if full and full != short else None
     notes = []
     over, med = r.launch_overhead_ms, r.median_ms
@@ -202,7 +202,7 @@ def best_table(frame: pd.DataFrame) -> Table:
         prev = None
         for i, seg in enumerate(_runs(b)):
             lo, hi = int(seg["seq_len"].min()), int(seg["seq_len"].max())
-            winner = seg["winner"].iloc[0]
+            winner = seg["winner"].iloc[0] if seg["winner"].notna().iloc[0] else None
             nxt = ", ".join(dict.fromkeys(seg["runner_up"].dropna())) or "–"
             change = "" if i == 0 else f"{prev or 'none'} → {winner or 'none'} at {lo}"
             t.rows.append([shape_label(key, vary) if i == 0 else "", str(lo) if lo == hi else f"{lo}–{hi}",
