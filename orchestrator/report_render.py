@@ -22,6 +22,7 @@ class Table:
     full: dict = field(default_factory=dict)  # (row, col): the whole text of a shortened cell
     tips: dict = field(default_factory=dict)  # (row, col): a tooltip (HTML title)
     strong: set = field(default_factory=set)  # (row, col): cells in bold (the fastest)
+    textual: bool = False  # no number columns (the environment: versions are names)
 
 
 def _md_cell(text: str) -> str:
@@ -44,6 +45,8 @@ def _is_number(v: str) -> bool:
 
 def numeric(table: Table, col: int) -> bool:
     """A column whose cells are mostly numbers (right-aligned, never cut); statuses may sit in it."""
+    if table.textual:
+        return False
     vals = [r[col] for r in table.rows if r[col] not in ("", "–") and r[col] not in STATUS_WORDS]
     return bool(vals) and sum(map(_is_number, vals)) * 2 > len(vals)
 
@@ -110,10 +113,15 @@ def html_figure(path: Path, caption: str, links: list[Path] = ()) -> str:
     """The PNG embedded; links to its SVG and CSV files (beside report.html)."""
     path = Path(path)
     data = base64.b64encode(path.read_bytes()).decode()
-    more = " · ".join(f"<a href='{html.escape(str(p))}'>{html.escape(Path(p).suffix[1:].upper() or str(p))}</a>"
-                      for p in links)
+    more = " · ".join(f"<a href='{html.escape(str(p))}'>{html.escape(_link_name(Path(p)))}</a>" for p in links)
     return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape(caption)}{' · ' + more if more else ''}</figcaption></figure>")
+
+
+def _link_name(p: Path) -> str:
+    """'SVG', or for lines_X.median_ms.csv 'median_ms CSV'."""
+    parts = p.name.split(".")
+    return f"{parts[-2]} CSV" if p.suffix == ".csv" and len(parts) > 2 else p.suffix[1:].upper()
 
 
 def html_image(path: Path) -> str:
@@ -141,15 +149,16 @@ header, main { max-width: 1500px; margin: 0 auto; padding: 0 24px; }
 h1 { font-size: 1.5em; margin: 0.8em 0 0.2em; } h2 { font-size: 1.25em; margin-top: 1.6em;
   border-bottom: 1px solid #ddd; } h3 { font-size: 1.02em; margin: 1.4em 0 0.4em; }
 section.group { border-top: 1px solid #eee; }
-nav#contents ol { columns: 3 300px; margin: 0.3em 0; padding-left: 1.4em; }
-nav#contents ol ol { columns: auto; }
+nav#contents ol { margin: 0.3em 0; padding-left: 1.6em; }
+nav#contents ol ol { columns: 4 230px; }
 table { border-collapse: collapse; margin-bottom: 0.8em; font-size: 13px; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #d6d6d6; padding: 2px 7px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; font-weight: 600; } .num { text-align: right; white-space: nowrap; }
 td.bad { color: #b00; text-align: right; } strong { color: #000; } .note { color: #555; max-width: 100ch; }
 .pair { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
-.pair > .tables { flex: 0 1 auto; max-width: 100%; overflow-x: auto; }
-.pair > figure { flex: 1 1 480px; max-width: 700px; min-width: 360px; margin: 0; }
+.pair > .tables { flex: 0 1 auto; max-width: 46%; overflow-x: auto; }
+.pair > figure { flex: 1 1 560px; max-width: 900px; min-width: 420px; margin: 0; }
+@media (max-width: 1000px) { .pair > .tables { max-width: 100%; } }
 figure img { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 12.5px; color: #444; margin-top: 4px; }
 details > summary { cursor: pointer; } details.all { margin: 0.6em 0 1em; }

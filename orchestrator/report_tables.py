@@ -279,4 +279,5 @@ def environment_table(frame: pd.DataFrame) -> Table:
     rows = [[*map(str, key), *[_distinct(g[c]) for _, c in ENV], _ceilings(g), str(len(g)), _distinct(g["run_id"])]
             for key, g in frame.groupby(PLATFORM, dropna=False)]
     keep = [i for i in range(len(header)) if any(r[i] != "–" for r in rows)]
-    return Table("Environment", [header[i] for i in keep], [[r[i] for i in keep] for r in rows], anchor="environment")
+    return Table("Environment", [header[i] for i in keep], [[r[i] for i in keep] for r in rows], anchor="environment",
+                 textual=True)
