@@ -111,12 +111,16 @@ def _figures_html(figs: list[dict], out: Path) -> str:
 
 
 def _failures_html(g: pd.DataFrame) -> str:
-    """The cells of a group that did not run, by backend, status and error: each error whole on demand."""
-    bad = g[g["status"].ne("ok")]
+    """The cells of a group that did not run, by backend and status, each error whole on demand."""
+    bad = g[g["status"].ne("ok")].sort_values("seq_len")
     items = []
-    for (b, s, err), d in bad.groupby(["backend", "status", bad["error"].fillna("")], sort=False):
-        at = ", ".join(str(n) for n in sorted(d["seq_len"]))
-        items.append((f"{b} {s} at {at}" + (f": {tables.first_line(err, 120)}" if err else ""), err))
+    for (b, s), d in bad.groupby(["backend", "status"], sort=False):
+        errors = d["error"].fillna("").astype(str)
+        at = ", ".join(str(n) for n in d["seq_len"])
+        text = errors.iloc[0] if errors.nunique() == 1 else "\n\n".join(
+            f"seq_len {n}:\n{e}" for n, e in zip(d["seq_len"], errors, strict=True))
+        first = tables.first_line(errors.iloc[0], 120)
+        items.append((f"{b} {s} at {at}" + (f": {first}" if first else ""), text))
     return "".join(render.html_details(summary, text, cls="failure") for summary, text in items)
 
 
