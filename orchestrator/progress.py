@@ -54,8 +54,9 @@ def first_line(text, n: int = 160) -> str:
 
 class ConsoleHandler(logging.Handler):
     """Writes each record through the live view's console while one is on screen (the record
-    appears above it), to stdout otherwise. Records marked ``extra={"live_hidden": True}`` (the
-    per-cell lines, which the live view already shows) are left out while the view is live."""
+    appears above it), to stdout otherwise. While the view is live, records marked
+    ``extra={"live_hidden": True}`` (per-cell lines: the view shows them) are left out, and a
+    record's ``live_text`` (a shorter text) replaces its message."""
 
     def __init__(self, level: int = logging.INFO):
         super().__init__(level)
@@ -63,9 +64,12 @@ class ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            msg = self.format(record)
             view = _active
-            if view is not None and view._rich is not None:
+            live = view is not None and view._rich is not None
+            if live and getattr(record, "live_text", None):  # the shorter text for the screen
+                record = logging.makeLogRecord({**record.__dict__, "msg": record.live_text, "args": None})
+            msg = self.format(record)
+            if live:
                 if getattr(record, "live_hidden", False):
                     return
                 style = "bold red" if record.levelno >= logging.ERROR else "yellow" if record.levelno >= \
@@ -82,12 +86,14 @@ class Progress:
     def __init__(self, total: int, devices, label: str, enabled: bool = True, live: bool | None = None,
                  estimate_s: float | None = None, console=None, clock=time.perf_counter):
         self.devices = [f"device {i}" for i in range(devices)] if isinstance(devices, int) else list(devices)
-        self.total, self.label, self.enabled, self.estimate_s = total, label, enabled, estimate_s
+        self.total, self.label, self.enabled = total, label, enabled
+        self.estimate_s = estimate_s if estimate_s and estimate_s > 0 else None
         self.clock = clock
         self.done = 0
         self.by_status: collections.Counter = collections.Counter()
         self.t0 = self._last_out = clock()
         self.running_on: dict[str, tuple[str, float | None, float]] = {}  # device: (what, est_s, since)
+        self._ending: dict[str, tuple[str, float | None, float]] = {}  # a device's previous cell, not yet updated
         self._est_started, self._n_est = 0.0, 0  # estimates of the cells started, and how many had one
         self._actual = self._est_done = 0.0  # of the finished cells that had an estimate
         self._lock = threading.RLock()
@@ -102,8 +108,12 @@ class Progress:
     # what the executor calls
 
     def running(self, device: str, what: str, est_s: float | None = None) -> None:
-        """device started a cell now."""
+        """device started a cell now. Either order of a device's running(next) and update(previous)
+        works: a cell still on the device when the next starts is kept aside for its update()."""
+        est_s = est_s if est_s and est_s > 0 else None
         with self._lock:
+            if device in self.running_on:
+                self._ending[device] = self.running_on[device]
             self.running_on[device] = (what, est_s, self.clock())
             self._est_started += est_s or 0.0
             self._n_est += bool(est_s)
@@ -115,9 +125,9 @@ class Progress:
         with self._lock:
             self.done += 1
             self.by_status[row["status"]] += 1
-            device = device if device in self.running_on else self._device_of(row)
+            device = device if device in self.running_on or device in self._ending else self._device_of(row)
             if device is not None:
-                _, est, since = self.running_on.pop(device)
+                _, est, since = self._ending.pop(device) if device in self._ending else self.running_on.pop(device)
                 if est:
                     self._actual += self.clock() - since
                     self._est_done += est
@@ -128,7 +138,9 @@ class Progress:
         if self._rich is not None:
             self._rich.update(self._task, advance=1, tally=tally, left=left)
         failed = row["status"] in FAILURES
-        log.log(logging.WARNING if failed else logging.INFO, line, extra={"live_hidden": not failed})
+        short = line.split(" | ", 1)[0]  # the live view shows the tally and times in its bar
+        extra = {"live_hidden": not failed, "live_text": short}
+        log.log(logging.WARNING if failed else logging.INFO, line, extra=extra)
 
     def note(self, text: str) -> None:
         """A message above the view (start-up phases)."""
@@ -154,7 +166,7 @@ class Progress:
         for _, e, since in self.running_on.values():
             if e and now - since > e:
                 actual, est = actual + now - since, est + e
-        return min(max(actual / est, 0.05), 50.0) if est > 0 else 1.0
+        return min(max(actual / est, 0.01), 1000.0) if est > 0 else 1.0
 
     def eta(self) -> float:
         """Seconds left (see the module's docstring); nan while there is nothing to go on."""
@@ -207,7 +219,8 @@ class Progress:
     def _device_of(self, row: dict) -> str | None:
         """The device whose running cell has this row's label (when update() is not told)."""
         label = cell_label(row) if all(k in row for k in ("backend", "dtype", "seq_len")) else None
-        return next((d for d, (w, _, _) in self.running_on.items() if w == label), None)
+        return next((d for held in (self._ending, self.running_on) for d, (w, _, _) in held.items() if w == label),
+                    None)
 
     def _line(self, row: dict, device: str | None) -> str:
         el = self.clock() - self.t0

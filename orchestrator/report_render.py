@@ -56,8 +56,27 @@ def _short_text(table: Table, col: int) -> bool:
     return all(len(r[col]) <= 16 and " " not in r[col].strip() for r in table.rows)
 
 
+def _min_width(t: Table, i: int) -> int:
+    return max([len(r[i]) for r in t.rows] + [max(map(len, t.header[i].split() or [""]))])
+
+
+def _footnoted(t: Table, width: int) -> tuple[Table, list[str]]:
+    """On a terminal too narrow for the long text columns beside the kept-whole ones (about 24
+    characters each), those columns' texts become [n] references, listed under the table."""
+    keep = [i for i in range(len(t.header)) if numeric(t, i) or _short_text(t, i)]
+    long = [i for i in range(len(t.header)) if i not in keep and max((len(r[i]) for r in t.rows), default=0) > 40]
+    fixed = sum(_min_width(t, i) + 3 for i in keep) + 1
+    if not long or width - fixed >= 24 * len(long):
+        return t, []
+    notes: dict[str, int] = {}
+    rows = [[f"[{notes.setdefault(c, len(notes) + 1)}]" if i in long and c else c for i, c in enumerate(r)]
+            for r in t.rows]
+    return Table(t.title, t.header, rows, t.note), [f"[{n}] {text}" for text, n in notes.items()]
+
+
 def print_tables(tables: list[Table], console=None) -> None:
-    """One table after another on the terminal: numbers and short words whole, long text wrapped."""
+    """One table after another on the terminal: numbers and short words whole, long text wrapped
+    (or, on a narrow terminal, listed under the table)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table as RichTable
@@ -66,18 +85,24 @@ def print_tables(tables: list[Table], console=None) -> None:
         console = Console()
         if not console.is_terminal:  # a log file: wide enough that most rows stay on one line
             console = Console(width=max(console.width, 200))
-    for t in tables:
+    for table in tables:
+        t, notes = _footnoted(table, console.width)
         rt = RichTable(title=escape(t.title), caption=escape(t.note) or None, title_justify="left",
                        caption_justify="left")
+        whole = [i for i in range(len(t.header)) if numeric(t, i) or _short_text(t, i)]
+        tight = sum(max(len(t.header[i]), _min_width(t, i)) + 3 for i in whole) + 1 > console.width
         for i, h in enumerate(t.header):
-            if numeric(t, i) or _short_text(t, i):  # as wide as its longest cell; the header may wrap
-                rt.add_column(escape(h), justify="right" if numeric(t, i) else "left",
-                              min_width=max([len(r[i]) for r in t.rows] + [max(map(len, h.split()))]))
+            if i in whole:  # as wide as its longest cell; where room is short, the header wraps
+                m = _min_width(t, i)
+                rt.add_column(escape(h), justify="right" if numeric(t, i) else "left", min_width=m,
+                              max_width=m if tight else None)
             else:
                 rt.add_column(escape(h), overflow="fold", ratio=1, min_width=12)
         for row in t.rows:
             rt.add_row(*map(escape, row))
         console.print(rt)
+        for line in notes:
+            console.print(escape(line), highlight=False)
 
 
 # HTML

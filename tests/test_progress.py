@@ -122,7 +122,7 @@ def test_live_view_shows_each_device_and_failures_as_they_happen(console_handler
                  backend="math", seq_len=4096), "cuda:1 H100")
     printed = out.getvalue()[len(before):]  # printed at once, above the view
     assert "oom" in printed and "math float16 b1 h8x64 n4096 on cuda:1 H100: torch.OutOfMemoryError" in printed
-    assert "stack..." not in printed
+    assert "stack..." not in printed and " | " not in printed  # the bar has the tally and times
     p.close()
     text = out.getvalue()
     assert "2 device workers ready in 4.1 s" in text
@@ -149,6 +149,21 @@ def test_time_left_moves_with_the_clock_between_cells():
     p.update(row("ok", 1.0), "a")  # finished at 3x: the rest is scaled by the same ratio
     p.running("a", "cell 3", 10.0)
     assert p.eta() == pytest.approx(max((10 * 3 + 30) / 2, 30))
+    p.close()
+
+
+def test_next_cell_may_start_before_the_previous_lands():
+    """An executor may start a device's next cell before reporting the one that ended: the device
+    shows the new cell, and the ended one's time counts for the estimate."""
+    clock = Clock()
+    p = Progress(total=3, devices=["cuda:0"], label="x", live=False, estimate_s=30.0, clock=clock)
+    p.running("cuda:0", "cell 1", 10.0)
+    clock.t += 20
+    p.running("cuda:0", "cell 2", 10.0)
+    p.update(row("ok", 1.0), "cuda:0")
+    assert p.device_lines() == [("cuda:0", "cell 2", "for 0:00:00 (est 0:00:10)")]
+    assert p.ratio(clock()) == pytest.approx(2.0)
+    assert p.eta() == pytest.approx(2 * (10 + 10))  # cell 2 and cell 3 at twice their estimate
     p.close()
 
 

@@ -187,14 +187,18 @@ def test_launch_bound_cells_are_noted():
     assert notes[("4096", "flash")] == "" and notes[("128", "math")] == ""
 
 
-def test_terminal_table_on_150_columns_keeps_numbers_whole(page):
-    """Every number and status whole on a 150-column terminal; long error text wraps."""
+@pytest.mark.parametrize("width", [150, 110])
+def test_terminal_table_keeps_numbers_whole(page, width):
+    """Every number and status whole on a 150-column terminal, long error text wrapped in its
+    column; on 110 columns the long texts are listed under the table instead."""
     res, _ = page
     tables = [report_tables.best_table(res["frame"]), *report_tables.summary_tables(res["frame"], "math")]
-    console = Console(width=150, record=True, file=io.StringIO())
+    console = Console(width=width, record=True, file=io.StringIO())
     report_render.print_tables(tables, console=console)
     text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 150
+    assert max(len(line) for line in text.splitlines()) <= width
+    narrow = width == 110
+    assert bool(re.search(r"│ \[1\] +│", text)) == narrow and ("\n[1] No available kernel" in text) == narrow
     for t in tables:
         for row in t.rows:
             for i, cell in enumerate(row):
