@@ -41,6 +41,17 @@ def fmt_s(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _left(expected: float, elapsed: float) -> float:
+    """Seconds a running cell has left: what its (scaled) estimate leaves, or once past it, as long
+    again as it has overrun (a hang keeps raising the figure instead of reading 0 while it lasts)."""
+    return expected - elapsed if elapsed <= expected else elapsed - expected
+
+
+def _secs(s: float) -> str:
+    """An estimate: 0.4 s, 12 s, 0:03:10."""
+    return f"{s:.1g} s" if s < 1 else f"{s:.0f} s" if s < 60 else fmt_s(s)
+
+
 def cell_label(row: dict) -> str:
     """A cell in a few words: 'flash float16 b8 h16x128 n4096' (use it for running()'s what)."""
     return (f"{row['backend']} {row['dtype']} b{row['batch_size']} h{row['num_heads']}x{row['head_dim']} "
@@ -54,12 +65,13 @@ def first_line(text, n: int = 160) -> str:
 
 class ConsoleHandler(logging.Handler):
     """Writes each record through the live view's console while one is on screen (the record
-    appears above it), to stdout otherwise. While the view is live, records marked
-    ``extra={"live_hidden": True}`` (per-cell lines: the view shows them) are left out, and a
-    record's ``live_text`` (a shorter text) replaces its message."""
+    appears above it), to stdout (or stream="stderr": for warnings) otherwise. While the view is
+    live, records marked ``extra={"live_hidden": True}`` (per-cell lines: the view shows them) are
+    left out, and a record's ``live_text`` (a shorter text) replaces its message."""
 
-    def __init__(self, level: int = logging.INFO):
+    def __init__(self, level: int = logging.INFO, stream: str = "stdout"):
         super().__init__(level)
+        self.stream_name = stream  # looked up at each record: whatever sys.stdout/stderr is then
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -76,8 +88,9 @@ class ConsoleHandler(logging.Handler):
                     logging.WARNING else ""
                 view._rich.console.print(Text(msg, style=style))
             else:
-                sys.stdout.write(msg + "\n")
-                sys.stdout.flush()
+                stream = getattr(sys, self.stream_name)
+                stream.write(msg + "\n")
+                stream.flush()
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
@@ -180,7 +193,7 @@ class Progress:
                 return el / self.done * (self.total - self.done) if self.done else float("nan")
             r = self.ratio(now)
             mean = self._est_started / self._n_est if self._n_est else (self.estimate_s or 0) / self.total or 1.0
-            left_running = [max((e or mean) * r - (now - since), 0.0) for _, e, since in self.running_on.values()]
+            left_running = [_left((e or mean) * r, now - since) for _, e, since in self.running_on.values()]
             pending = self.total - self.done - len(self.running_on)
             pending_est = (max(self.estimate_s - self._est_started, 0.0) if self.estimate_s is not None
                            else pending * mean) if pending > 0 else 0.0
@@ -191,16 +204,21 @@ class Progress:
         return fmt_s(self.eta())
 
     def device_lines(self) -> list[tuple[str, str, str]]:
-        """(device, what it runs or 'idle', 'for h:mm:ss (est h:mm:ss)')."""
+        """(device, what it runs or 'idle', 'for h:mm:ss (est 3 s)', with 'overdue' past twice its
+        estimate scaled as the finished cells ran, and 5 s)."""
         now = self.clock()
         with self._lock:
+            r = self._actual / self._est_done if self._est_done else 1.0  # finished cells only
             out = []
             for d in self.devices:
                 if d not in self.running_on:
                     out.append((d, "idle", ""))
                     continue
                 what, est, since = self.running_on[d]
-                out.append((d, what, f"for {fmt_s(now - since)}" + (f" (est {fmt_s(est)})" if est else "")))
+                el = now - since
+                late = est is not None and el > max(2 * est * r, est * r + 5)
+                out.append((d, what, f"for {fmt_s(el)}" + (f" (est {_secs(est)})" if est else "")
+                            + (" overdue" if late else "")))
             return out
 
     def tick(self) -> None:
@@ -258,7 +276,8 @@ class _Live(RichProgress):
     def get_renderables(self):
         grid = Table.grid(padding=(0, 2))
         for d, what, t in self.owner.device_lines():
-            grid.add_row(Text(d, style="cyan"), Text(what, style="dim" if what == "idle" else ""), Text(t))
+            grid.add_row(Text(d, style="cyan"), Text(what, style="dim" if what == "idle" else ""),
+                         Text(t, style="bold red" if t.endswith("overdue") else ""))
         yield grid
         yield self.make_tasks_table(self.tasks)
 

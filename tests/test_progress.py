@@ -112,8 +112,8 @@ def test_live_view_shows_each_device_and_failures_as_they_happen(console_handler
     p.running("cuda:1 H100", "math float16 b1 h8x64 n4096", 10.0)
     clock.t += 7
     view = screen(p)
-    assert "cuda:0 H100 flash float16 b1 h8x64 n1024 for 0:00:07 (est 0:00:10)" in view
-    assert "cuda:1 H100 math float16 b1 h8x64 n4096 for 0:00:07 (est 0:00:10)" in view
+    assert "cuda:0 H100 flash float16 b1 h8x64 n1024 for 0:00:07 (est 10 s)" in view
+    assert "cuda:1 H100 math float16 b1 h8x64 n4096 for 0:00:07 (est 10 s)" in view
     assert "0/3 0:00:07 left ~0:00:08" in view  # 10 s of cells not started + 3 s left on each running one, / 2
     p.update(row("ok", 1.0), "cuda:0 H100")
     assert "cuda:0 H100 idle" in screen(p)
@@ -152,6 +152,24 @@ def test_time_left_moves_with_the_clock_between_cells():
     p.close()
 
 
+def test_a_hang_keeps_raising_time_left_and_shows_overdue():
+    """The last cell runs far past its estimate: the figure grows while it lasts (it never reads
+    0:00:00 during a hang), and its device line says overdue."""
+    clock = Clock()
+    p = Progress(total=2, devices=["cuda:0"], label="x", live=False, estimate_s=2.0, clock=clock)
+    p.running("cuda:0", "cell 1", 1.0)
+    clock.t += 1
+    p.update(row("ok", 1.0), "cuda:0")
+    p.running("cuda:0", "fault_hang", 1.0)
+    seen = []
+    for _ in range(4):
+        clock.t += 5
+        seen.append(p.eta())
+    assert seen == sorted(seen) and seen[0] > 0 and seen[-1] > seen[0]
+    assert p.device_lines()[0][2] == "for 0:00:20 (est 1 s) overdue"
+    p.close()
+
+
 def test_next_cell_may_start_before_the_previous_lands():
     """An executor may start a device's next cell before reporting the one that ended: the device
     shows the new cell, and the ended one's time counts for the estimate."""
@@ -161,7 +179,7 @@ def test_next_cell_may_start_before_the_previous_lands():
     clock.t += 20
     p.running("cuda:0", "cell 2", 10.0)
     p.update(row("ok", 1.0), "cuda:0")
-    assert p.device_lines() == [("cuda:0", "cell 2", "for 0:00:00 (est 0:00:10)")]
+    assert p.device_lines() == [("cuda:0", "cell 2", "for 0:00:00 (est 10 s)")]
     assert p.ratio(clock()) == pytest.approx(2.0)
     assert p.eta() == pytest.approx(2 * (10 + 10))  # cell 2 and cell 3 at twice their estimate
     p.close()
@@ -179,7 +197,7 @@ def test_plain_heartbeat_names_what_runs(caplog):
     p.tick()
     beat = lines(caplog)
     assert len(beat) == 1 and beat[0].startswith("[0/2] still running:")
-    assert "cuda:0: flash float16 b1 h8x64 n1024 for 0:00:31 (est 0:00:10)" in beat[0] and "cuda:1: idle" in beat[0]
+    assert "cuda:0: flash float16 b1 h8x64 n1024 for 0:00:31 (est 10 s)" in beat[0] and "cuda:1: idle" in beat[0]
     p.tick()  # not again until another 30 s pass
     assert len(lines(caplog)) == 1
     p.close()
