@@ -52,8 +52,8 @@ def numeric(table: Table, col: int) -> bool:
 
 
 def _short_text(table: Table, col: int) -> bool:
-    """A text column of short words (backend names): kept whole too."""
-    return all(len(r[col]) <= 16 and " " not in r[col].strip() for r in table.rows)
+    """A text column of single short words (backend names, fault_illegal_address): kept whole too."""
+    return all(len(r[col]) <= 24 and " " not in r[col].strip() for r in table.rows)
 
 
 def _min_width(t: Table, i: int) -> int:
@@ -65,7 +65,8 @@ def _footnoted(t: Table, width: int) -> tuple[Table, list[str]]:
     characters each), those columns' texts become [n] references, listed under the table."""
     keep = [i for i in range(len(t.header)) if numeric(t, i) or _short_text(t, i)]
     long = [i for i in range(len(t.header)) if i not in keep and max((len(r[i]) for r in t.rows), default=0) > 40]
-    fixed = sum(_min_width(t, i) + 3 for i in keep) + 1
+    others = len(t.header) - len(keep) - len(long)  # text that wraps in a column of its own (12 wide, say)
+    fixed = sum(_min_width(t, i) + 3 for i in keep) + 15 * others + 1
     if not long or width - fixed >= 24 * len(long):
         return t, []
     notes: dict[str, int] = {}

@@ -208,3 +208,18 @@ def test_terminal_table_keeps_numbers_whole(page, width):
     flat = "".join(text.replace("│", " ").split())
     first = OOM.splitlines()[0]
     assert "".join(first.split()) in flat and len(first) > 100  # the error's first line, wrapped in its column
+
+
+def test_terminal_keeps_long_backend_names_whole():
+    """A 21-character backend name beside a long error on a 120-column terminal (a real faults run
+    wrapped it as 'fault_segfau' / 'lt')."""
+    rows = gpu_rows(backends=("math", "flash"), seq_lens=(64,))
+    rows[1] |= {"backend": "fault_illegal_address"}
+    fail(rows, "fault_illegal_address", 64, "error", "IndexError: index 1099511627776 is out of bounds for dimension "
+                                                     "0 with size 16 (at faults.py:73)")
+    frame = report.summary_frame(report.fill_platform(pd.DataFrame(rows)), "math")
+    console = Console(width=120, record=True, file=io.StringIO())
+    report_render.print_tables(report_tables.summary_tables(frame, "math"), console=console)
+    text = console.export_text()
+    assert "│ fault_illegal_address │" in text and max(map(len, text.splitlines())) <= 120
+    assert "IndexError: index 1099511627776 is out of bounds" in " ".join(text.replace("│", " ").split())
