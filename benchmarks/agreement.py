@@ -25,7 +25,7 @@ from overhead import compose  # noqa: E402
 def measure(kind: str, sweep: str, extra: list[str], store: Path):
     import pandas as pd
 
-    from orchestrator.sweep import run
+    from orchestrator.driver import run
 
     mode, _, gpus = kind.partition(":")
     over = [f"+sweep={sweep}", f"run.isolation={mode}", "run.rerun=all", "report.enabled=false",

@@ -51,7 +51,7 @@ def tiny_grid(cells: int, gpu: bool) -> list[str]:
 def run_mode(mode: str, base: list[str], store: Path):
     import pandas as pd
 
-    from orchestrator.sweep import run
+    from orchestrator.driver import run
 
     summary = run(compose([*base, f"run.isolation={mode}", f"store.path={store}"]))
     df = pd.read_parquet(store)

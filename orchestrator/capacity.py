@@ -175,11 +175,14 @@ def searches_for(cfg, default_target: str) -> list[Search]:
 class CapacityPlanner:
     """Rounds of trial cells: every open search's next length, until all searches are done."""
 
-    def __init__(self, cfg, default_target: str):
-        self.searches = searches_for(cfg, default_target)
-        self.limit = cfg.capacity.memory_limit_bytes
+    def __init__(self, searches: list[Search], limit: int | None = None):
+        self.searches, self.limit = searches, limit
         self.pending: dict[Cell, Search] = {}
         self.rounds = 0
+
+    @classmethod
+    def for_config(cls, cfg, default_target: str) -> CapacityPlanner:
+        return cls(searches_for(cfg, default_target), cfg.capacity.memory_limit_bytes)
 
     def targets(self) -> set[str]:
         return {s.key.target for s in self.searches}

@@ -26,15 +26,35 @@ def conf_dir() -> str:
 CONF = conf_dir()
 
 
+class _Stderr(logging.StreamHandler):
+    """Warnings and errors on stderr (whatever sys.stderr is at the time)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def console() -> None:
-    """The project's messages on the terminal (above a live view), once; Hydra's log file gets
-    them too, through the root logger."""
+    """The project's messages on the terminal, once: information on stdout (above a live view),
+    warnings and errors on stderr; Hydra's log file gets them all through the root logger."""
     from orchestrator.progress import ConsoleHandler
 
     lg = logging.getLogger("orchestrator")
     lg.setLevel(logging.INFO)
     if not any(isinstance(h, ConsoleHandler) for h in lg.handlers):
-        lg.addHandler(ConsoleHandler())
+        info = ConsoleHandler()
+        info.addFilter(lambda record: record.levelno < logging.WARNING)
+        lg.addHandler(info)
+        lg.addHandler(_Stderr())
 
 
 def _one_line(exc: BaseException) -> str:

@@ -120,7 +120,8 @@ def connect(c, prestart_workers: bool = False) -> str:
                 ray.init(address=address, **kw)
         except Exception as exc:  # unreachable address, no cluster running, version skew, a token
             text = f"{exc} {exc.__cause__ or ''}"
-            why = TOKEN_HELP if "InvalidAuthToken" in text else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            why = TOKEN_HELP if "InvalidAuthToken" in text else first
             raise ClusterError(f"{source}: cannot connect ({why})") from None
         return f"joined the Ray cluster at {address} ({source})"
     if not prestart_workers:

@@ -65,7 +65,7 @@ def planner_for(cfg, default_target: str):
     if cfg.capacity.enabled:
         from orchestrator.capacity import CapacityPlanner
 
-        return CapacityPlanner(cfg, default_target)
+        return CapacityPlanner.for_config(cfg, default_target)
     return GridPlanner(cfg, default_target)
 
 
@@ -113,6 +113,9 @@ class Rounds:
 
     def round(self, cells: list[Cell]) -> None:
         todo = self._skip_done(cells)
+        log.info("sweep %r: %d cells, %d to run, %d already in %s; %d device(s) (%s isolation)",
+                 self.cfg.sweep_name, len(cells), len(todo), len(cells) - len(todo), self.store.path,
+                 self.summary.devices, self.cfg.run.isolation)
         runnable = []
         for cell in todo:
             pre = capability.unsupported(cell)
@@ -181,9 +184,18 @@ class Rounds:
         return row
 
 
+def plan(cfg, default_target: str = "any") -> list[Cell]:
+    """Check the config and expand its grid, without Ray or torch (what a sweep would run)."""
+    validate(cfg)
+    return expand(cfg, default_target)
+
+
 def run(cfg, output_dir: str | None = None) -> Summary:
     """The sweep as a plain function. Raises ConfigError (bad input or a cluster that cannot run
     it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError."""
+    from orchestrator import cli
+
+    cli.console()
     validate(cfg)
     store = Store(cfg.store.path)
     try:
@@ -221,7 +233,11 @@ def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None)
     if cfg.capacity.enabled:
         from orchestrator import report_capacity
 
-        report_capacity.write(planner, output_dir)
+        results = planner.results()
+        if output_dir:
+            report_capacity.write(results, planner.trial_points(), output_dir, summary.device_name)
+        else:
+            log.info("capacity:\n%s", report_capacity.table(results))
         cells = [c for s in planner.searches for c in planner_trials(s)]
     if cfg.report.enabled and output_dir and cells:
         from orchestrator import report

@@ -221,15 +221,22 @@ class Executor:
             raise
 
     def _fill(self, queues) -> None:
-        for slot in self.slots:
-            while len(self.on_slot[slot.index]) < self.launcher.depth and queues[slot.target]:
-                f = queues[slot.target].pop()
-                f.slot, f.handle, f.sent = slot, slot.handle, time.monotonic()
-                f.token = f"{f.cell.cell_id}-{f.attempt}"
-                self.inflight[self.launcher.submit(slot, self.spec(f.cell) | {"token": f.token}, self.timeout)] = f
-                self.on_slot[slot.index].append(f)
-                if len(self.on_slot[slot.index]) == 1:
-                    self._running(slot)
+        """One cell per slot per pass, so that the longest cells spread over every device."""
+        added = True
+        while added:
+            added = False
+            for slot in self.slots:
+                if len(self.on_slot[slot.index]) < self.launcher.depth and queues[slot.target]:
+                    self._send(slot, queues[slot.target].pop())
+                    added = True
+
+    def _send(self, slot: Slot, f: Flight) -> None:
+        f.slot, f.handle, f.sent = slot, slot.handle, time.monotonic()
+        f.token = f"{f.cell.cell_id}-{f.attempt}"
+        self.inflight[self.launcher.submit(slot, self.spec(f.cell) | {"token": f.token}, self.timeout)] = f
+        self.on_slot[slot.index].append(f)
+        if len(self.on_slot[slot.index]) == 1:
+            self._running(slot)
 
     def _running(self, slot: Slot) -> None:
         if self.progress is not None and self.on_slot[slot.index]:

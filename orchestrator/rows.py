@@ -8,7 +8,7 @@ The README's column table lists every column (``tests/test_readme.py`` checks).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Status(str, enum.Enum):
@@ -30,8 +30,7 @@ FAILED = frozenset({Status.ERROR.value, Status.CRASHED.value, Status.TIMEOUT.val
 RETRYABLE = frozenset({Status.CRASHED.value, Status.TIMEOUT.value})  # retried run.retries times within a run
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     name: str
     type: str  # string, int64, double, bool, timestamp
     doc: str
@@ -41,7 +40,7 @@ def _cols(kind: str, *specs: tuple[str, str]) -> list[Column]:
     return [Column(name, kind, doc) for name, doc in specs]
 
 
-S, I, F, B, T = "string", "int64", "double", "bool", "timestamp"
+S, I, F, B, T = "string", "int64", "double", "bool", "timestamp"  # noqa: E741
 
 COLUMNS: list[Column] = [
     # what was measured: the cell's parameters, and the row's identity

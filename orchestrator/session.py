@@ -121,7 +121,7 @@ class Session:
                 signal.signal(sig, handler)
         if stopping:
             name = signal.Signals(self.signum).name
-            log.warning("interrupted by %s: %d rows of this run saved in %s; run the same command again to resume",
+            log.warning("interrupted: %s; %d rows of this run saved in %s; run the same command again to resume",
                         name, sum(self.summary.statuses.values()), self.store.path)
             raise Interrupted(self.signum) from None
         return False
@@ -146,8 +146,9 @@ class Session:
             opts = {"num_cpus": 1} if not on_gpu else {"num_gpus": 1, "num_cpus": r.cpus_per_gpu_cell}
             if on_gpu and target != "any":
                 opts["resources"] = {f"accelerator_type:{target}": 0.001}
-            self.slots += [Slot(target, opts, len(self.slots)) for _ in range(n)]
-        self.launcher = PoolLauncher(self.cfg, self.fork[0] if self.fork else None) if self.pool else TaskLauncher(self.cfg)
+            self.slots += [Slot(target, opts, len(self.slots) + i) for i in range(n)]
+        fork = self.fork[0] if self.fork else None
+        self.launcher = PoolLauncher(self.cfg, fork) if self.pool else TaskLauncher(self.cfg)
         t0 = time.perf_counter()
         self.launcher.start(self.slots)
         bad = [s for s in self.slots if s.info.get("error")]
@@ -155,6 +156,7 @@ class Session:
             raise ClusterError(f"a device cannot run cells (host {bad[0].info.get('host')}, GPU ids "
                                f"{bad[0].info.get('visible_devices')}): {bad[0].info['error']}")
         self.summary.devices = len(self.slots)
+        self.summary.device_name = next((s.info.get("env", {}).get("device_name") for s in self.slots), None)
         self.summary.start_s = time.perf_counter() - self.t0
         probe = max((s.info.get("probe_s") or 0.0) for s in self.slots)
         log.info("%d device worker(s) ready in %.1f s (device start and ceilings: up to %.1f s); %.1f s since the "

@@ -170,6 +170,8 @@ class Store:
     def _publish(self, table: pa.Table, name: str) -> Path:
         """Write table as data file `name`: beside the dataset, synced, then renamed into it."""
         tmp, final = self._tmp(name), self.path / name
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             pq.write_table(table, tmp)
             with open(tmp, "rb+") as f:

@@ -36,6 +36,7 @@ class Summary:
     start_s: float = 0.0  # the fixed start: cluster, device workers
     elsewhere: int = 0  # measured by another sweep sharing the store meanwhile
     other_settings: int = 0  # kept from rows measured with other measure settings
+    device_name: str | None = None  # the (first) device's model
 
     @property
     def efficiency(self) -> float:

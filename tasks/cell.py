@@ -92,12 +92,16 @@ class Prepared:
         self.spec, self.device, self.stack = spec, device, contextlib.ExitStack()
         t0 = time.perf_counter()
         self.work = importlib.import_module(f"tasks.{spec['workload']}").build(spec, device)
-        self.stack.enter_context(contextlib.nullcontext() if self.work.train else torch.inference_mode())
-        self.stack.enter_context(self.work.pinned())
-        t1 = time.perf_counter()
-        self.work.step()  # lazy loading, plan building, compilation
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        try:
+            self.stack.enter_context(contextlib.nullcontext() if self.work.train else torch.inference_mode())
+            self.stack.enter_context(self.work.pinned())
+            t1 = time.perf_counter()
+            self.work.step()  # lazy loading, plan building, compilation
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except BaseException:
+            self.stack.close()  # nothing pinned stays behind in this process
+            raise
         self.first_call_s = time.perf_counter() - t1
         self.cols = {"first_call_s": self.first_call_s, "setup_s": time.perf_counter() - t0,
                      "compile_s": self.first_call_s if self.work.compiled else None}

@@ -23,14 +23,15 @@ def make_cfg(*overrides: str, store: Path | None = None):
 
 
 def ensure_ray(num_gpus: int = 0):
-    """A real local Ray cluster of 2 CPUs and num_gpus (fake) GPUs, reused while its shape fits."""
+    """A real private Ray cluster of 2 CPUs and num_gpus (fake) GPUs, reused while its shape fits.
+    ``address="local"``: never another process's cluster on this host."""
     import ray
 
     if ray.is_initialized():
         if int(ray.cluster_resources().get("GPU", 0)) == num_gpus:
             return ray
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=num_gpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR")
     return ray
 
 
@@ -49,7 +50,7 @@ def ray_fake_gpus():
 @pytest.fixture(scope="session")
 def smoke_dataset(tmp_path_factory):
     """A dataset made by a real `+sweep=smoke` run on the local cluster."""
-    from orchestrator.sweep import run
+    from orchestrator.driver import run
 
     ensure_ray(0)
     store = tmp_path_factory.mktemp("smoke") / "results"

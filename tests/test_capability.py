@@ -5,7 +5,7 @@ from conftest import ensure_ray, make_cfg
 from orchestrator.capability import reason
 from orchestrator.grid import Cell, expand
 from orchestrator.store import Store
-from orchestrator.sweep import run
+from orchestrator.driver import run
 
 
 def cell(backend, dtype="float16", head_dim=64, target="T4"):

@@ -36,7 +36,7 @@ def oracle(limit_n: int, status_over="oom"):
 def test_bisection_finds_the_longest_length_that_fits(limit_n):
     s = capacity.Search(KEY, LENGTHS)
     run_round, calls = oracle(limit_n)
-    rounds = capacity.run_rounds([s], run_round, {}, None, log=lambda *_: None)
+    rounds = capacity.run_rounds(capacity.CapacityPlanner([s]), run_round, {})
     want = max((n for n in LENGTHS if n <= limit_n), default=None)
     assert s.longest == want
     bisect = 1 + math.ceil(math.log2(len(LENGTHS)))
@@ -48,7 +48,7 @@ def test_bisection_finds_the_longest_length_that_fits(limit_n):
 def test_all_searches_advance_together_one_trial_each_per_round():
     searches = [capacity.Search(KEY, LENGTHS), capacity.Search(dataclasses.replace(KEY, backend="math"), LENGTHS)]
     run_round, calls = oracle(1000)
-    capacity.run_rounds(searches, run_round, {}, None, log=lambda *_: None)
+    capacity.run_rounds(capacity.CapacityPlanner(searches), run_round, {})
     assert all(len(c) <= 2 for c in calls) and len(calls[0]) == 2
     assert [s.longest for s in searches] == [896, 896]
 
@@ -56,10 +56,10 @@ def test_all_searches_advance_together_one_trial_each_per_round():
 def test_unsupported_ends_a_search_and_other_failures_are_reported():
     s = capacity.Search(KEY, LENGTHS)
     run_round, calls = oracle(0, status_over="unsupported")
-    capacity.run_rounds([s], run_round, {}, None, log=lambda *_: None)
+    capacity.run_rounds(capacity.CapacityPlanner([s]), run_round, {})
     assert calls == [[8192]] and s.longest is None and s.stopped == "unsupported"
     s = capacity.Search(KEY, LENGTHS)
-    capacity.run_rounds([s], oracle(300, status_over="error")[0], {}, None, log=lambda *_: None)
+    capacity.run_rounds(capacity.CapacityPlanner([s]), oracle(300, status_over="error")[0], {})
     r = capacity.result(s, None)
     assert (r["longest_fit"], r["first_fail"], r["fail_status"]) == (256, 384, "error")
 
@@ -76,7 +76,7 @@ def test_rows_already_in_the_dataset_are_reused():
     trial = Cell("attention", "flash", "fwd", "float16", True, 64, 16, 1, 8192)
     known = {trial.cell_id: {"status": "oom"}}
     run_round, calls = oracle(10**6)  # would say it fits: the stored oom wins
-    capacity.run_rounds([s], run_round, known, None, log=lambda *_: None)
+    capacity.run_rounds(capacity.CapacityPlanner([s]), run_round, known)
     assert 8192 not in [n for c in calls for n in c] and s.longest == 8064
 
 
@@ -92,10 +92,12 @@ def test_memory_model_fit_and_extrapolation(quadratic, coef):
 
 def test_table_names_each_search():
     s = capacity.Search(KEY, LENGTHS)
-    capacity.run_rounds([s], oracle(8192)[0], {}, None, log=lambda *_: None)
+    capacity.run_rounds(capacity.CapacityPlanner([s]), oracle(8192)[0], {})
     r = capacity.result(s, None)
     assert r["at_max"] and abs(r["extrapolated"] - 8192) <= 1  # the oracle's device memory is its limit
-    md = capacity.table([r])
+    from orchestrator import report_capacity
+
+    md = report_capacity.table([r])
     assert "| flash |" in md and "8,192 (max tried)" in md
 
 
@@ -111,7 +113,7 @@ def test_capacity_run_for_real(tmp_path):
     """Real trials on the CPU, where the memory limit stands in for the GPU's OOM: math's
     N x N scores meet the limit long before flash's linear memory does."""
     from orchestrator.store import Store
-    from orchestrator.sweep import run
+    from orchestrator.driver import run
 
     ensure_ray(0)
     store, out = tmp_path / "results", tmp_path / "out"
@@ -121,7 +123,7 @@ def test_capacity_run_for_real(tmp_path):
                    store=store)
     summary = run(cfg, output_dir=str(out))
     df = Store(store).read()
-    assert len(df) == summary.total and set(df["sweep"]) == {"capacity"}
+    assert len(df) == summary.total and set(df["sweep_name"]) == {"capacity"}
     assert set(df[df.backend != "efficient"]["status"]) == {"ok"}
     # the CPU has no efficient kernel: known before any work, one row, never scheduled
     eff = df[df.backend == "efficient"]

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, make_cfg, run_cli
 from test_scheduling import max_overlap
 
-from orchestrator.sweep import run
+from orchestrator.driver import run
 
 # A loopback test cluster: Ray's token authentication off on both sides (on a real cluster
 # the driver reads the token that `ray start` wrote, or RAY_AUTH_TOKEN).
@@ -59,7 +59,7 @@ def head_node(tmp_path):
 def test_sweep_joins_an_existing_cluster_and_uses_its_four_gpus(head_node, tmp_path):
     store = tmp_path / "results"
     proc = run_cli("+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64,96,128,160,192,224,256,288]",
-                   "measure.warmup_ms=100", "measure.budget_ms=600", "measure.max_iters=100000", "run.device=cpu",
+                   "measure.warmup_ms=100", "measure.budget_ms=600", "measure.max_iters=100000", "measure.precision=0", "run.device=cpu",
                    f"cluster.address={head_node}", f"store.path={store}", f"hydra.run.dir={tmp_path / 'run'}",
                    env=NO_TOKEN)
     assert proc.returncode == 0, proc.stderr[-3000:]

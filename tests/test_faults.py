@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, ensure_ray, make_cfg
 
 from orchestrator.store import Store
-from orchestrator.sweep import run
+from orchestrator.driver import run
 
 EXPECTED = {  # backend: (status, words in the error, attempts with run.retries=1)
     "math": ("ok", None, 1),
@@ -141,15 +141,29 @@ def test_an_unreadable_part_file_is_named_and_the_sweep_goes_on(smoke_dataset, t
     Store(store).append(Store(smoke_dataset["store"]).read().to_dict("records"))
     (store / "part-broken.parquet").write_bytes(b"PAR1 truncated")
     s = run(make_cfg("+sweep=smoke", store=store))
-    assert "part-broken.parquet" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "part-broken.parquet" in said.out + said.err  # a warning: on stderr
     assert s.skipped == 6 and not s.statuses
+
+
+def this_clusters_device_workers() -> list[int]:
+    """Pids of the DeviceWorker actors of the test's own Ray cluster, which this process started
+    (its descendants): never another run's processes on the host."""
+    import psutil
+
+    pids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "DeviceWorker" in " ".join(p.cmdline()) or "DeviceWorker" in p.name():
+                pids.append(p.pid)
+        except psutil.Error:  # gone meanwhile, or a zombie
+            pass
+    return pids
 
 
 def test_a_device_worker_killed_from_outside_costs_only_its_cells_an_attempt(tmp_path):
     """SIGKILL the pool actor that owns the device mid-sweep: its cells are retried on a new one."""
     import threading
-
-    import psutil
 
     ensure_ray(0)
     store = tmp_path / "killed"
@@ -159,10 +173,9 @@ def test_a_device_worker_killed_from_outside_costs_only_its_cells_an_attempt(tmp
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             if len(list(store.glob("part-*.parquet"))) >= 2:
-                for p in psutil.process_iter(["name", "cmdline"]):
-                    if "DeviceWorker" in " ".join(p.info["cmdline"] or []) or "DeviceWorker" in (p.info["name"] or ""):
-                        p.kill()
-                        killed.append(p.pid)
+                for pid in this_clusters_device_workers():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                 return
             time.sleep(0.05)
 

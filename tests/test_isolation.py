@@ -1,10 +1,15 @@
-"""The forked-child runner, without Ray: fresh processes, deadlines, and no overlap on a device."""
+"""The forked-child runner, without Ray: fresh processes, deadlines that count the cell's own
+work, and the hand-over between cells (the next one starts early, never measures early)."""
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import psutil
+import pytest
 
+from orchestrator import forkserver
 from orchestrator.isolation import ForkRunner
 from tasks.device import wait_gone
 
@@ -12,9 +17,21 @@ MEASURE = dict(warmup_iters=1, warmup_ms=0.0, budget_ms=5.0, min_iters=2, max_it
                memory=False, accuracy=True, kernels="ops", seed=0)
 
 
-def spec(backend):
+def spec(backend, n=64):
     return dict(workload="attention", backend=backend, mode="fwd", dtype="float32", causal=True, head_dim=16,
-                num_heads=2, batch_size=1, seq_len=64, target="cpu", device="cpu", seed=0, measure=MEASURE)
+                num_heads=2, batch_size=1, seq_len=n, target="cpu", device="cpu", seed=0, measure=MEASURE)
+
+
+@pytest.fixture(scope="module")
+def server():
+    address, proc = forkserver.start()
+    yield address
+    proc.kill()
+    proc.wait()
+
+
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_wait_gone_waits_for_a_live_process_only():
@@ -29,22 +46,42 @@ def test_wait_gone_waits_for_a_live_process_only():
     assert time.perf_counter() - t0 < 0.1
 
 
-def test_each_cell_is_a_fresh_process_that_starts_after_the_last_one_left():
-    runner = ForkRunner()
-    runner.start()
+def test_cells_overlap_their_start_but_never_their_measurement(server):
+    """The actor hands the runner several cells at once (as the pool does): each is a fresh
+    process, the next one is already alive before the last ends, yet no cell begins measuring
+    before the previous one has returned its result."""
+    runner = ForkRunner(server, "cpu", prewarm=1)
+    backends = ["math", "flash", "eager", "math", "flash", "eager"]
     try:
-        rows = [runner.run(spec(b), timeout_s=60) for b in ("math", "flash", "math", "eager")]
-        assert [r["status"] for r in rows] == ["ok"] * 4
-        assert len({r["pid"] for r in rows}) == 4
-        for before, after in zip(rows, rows[1:], strict=False):  # the next cell waited for the last to exit
-            assert not psutil.pid_exists(before["pid"]) or psutil.Process(before["pid"]).status() == "zombie"
-            assert after["started_at"] >= before["ended_at"]
-        crashed = runner.run(spec("fault_segfault"), timeout_s=60)
-        hung = runner.run(spec("fault_hang"), timeout_s=1)
-        again = runner.run(spec("math"), timeout_s=60)
-        assert (crashed["status"], hung["status"], again["status"]) == ("crashed", "timeout", "ok")
+        with ThreadPoolExecutor(3) as pool:
+            rows = list(pool.map(lambda b: runner.run(spec(b), 60), backends))
     finally:
         runner.close()
-    for r in rows + [again]:  # every cell's process is gone (a zombie at most)
-        assert not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == "zombie"
-    assert runner.next is None and runner.exiting is None
+    assert [r["status"] for r in rows] == ["ok"] * len(backends), [r["error"] for r in rows]
+    assert len({r["pid"] for r in rows}) == len(rows)
+    rows.sort(key=lambda r: r["ended_at"])
+    for before, after in zip(rows, rows[1:], strict=False):
+        go = after["ended_at"] - timedelta(seconds=after["measure_s"])
+        assert go >= before["ended_at"] - timedelta(milliseconds=1), "measured while the previous cell still did"
+    assert any(a["started_at"] < b["ended_at"] for b, a in zip(rows, rows[1:], strict=False)), "no start overlapped"
+    assert all(gone(r["pid"]) for r in rows)
+
+
+def test_deadline_counts_the_cell_not_its_wait(server):
+    """A cell waiting behind a slow one is not timed out for it; a hung cell is, and is killed."""
+    runner = ForkRunner(server, "cpu", prewarm=1)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(runner.run, spec("math", 2048) | {"measure": {**MEASURE, "budget_ms": 2500.0,
+                                                                              "max_iters": 100000}}, 60)
+            time.sleep(0.2)
+            quick = pool.submit(runner.run, spec("math"), 1.5)  # waits ~2.5 s behind `slow`, then needs little
+            assert (slow.result()["status"], quick.result()["status"]) == ("ok", "ok")
+        crashed = runner.run(spec("fault_segfault"), 60)
+        hung = runner.run(spec("fault_hang"), 1)
+        again = runner.run(spec("math"), 60)
+    finally:
+        runner.close()
+    assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["error"]
+    assert hung["status"] == "timeout" and "deadline of 1 s" in hung["error"] and gone(hung["pid"])
+    assert again["status"] == "ok"

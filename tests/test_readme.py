@@ -2,7 +2,7 @@
 
 from conftest import ROOT
 
-from orchestrator.store import COLUMNS
+from orchestrator.rows import COLUMNS
 
 README = (ROOT / "README.md").read_text()
 

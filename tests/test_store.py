@@ -57,18 +57,18 @@ def test_a_repeated_row_id_is_read_once(tmp_path):
     assert len(s.read()) == 1
 
 
-def test_unreadable_files_are_named_set_aside_and_valid_rows_kept(tmp_path, capsys):
-    s = Store(tmp_path)
+def test_unreadable_files_are_named_set_aside_and_valid_rows_kept(tmp_path, caplog):
+    s = Store(tmp_path / "results")
     good = s.append([row("a", "ok")])
-    truncated = tmp_path / "part-truncated.parquet"
+    truncated = s.path / "part-truncated.parquet"
     truncated.write_bytes(good.read_bytes()[:100])
-    (tmp_path / "part-text.parquet").write_text("not parquet at all")
+    (s.path / "part-text.parquet").write_text("not parquet at all")
     df = s.read()
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "part-truncated.parquet" in out and "part-text.parquet" in out
     assert list(df.cell_id) == ["a"]
-    assert not truncated.exists() and (tmp_path / "_unreadable" / "part-truncated.parquet").exists()
-    assert list(pd.read_parquet(tmp_path).cell_id) == ["a"]  # plain readers work again
+    assert not truncated.exists() and (s.meta / "unreadable" / "part-truncated.parquet.unreadable").exists()
+    assert list(pd.read_parquet(s.path).cell_id) == ["a"]  # plain readers work again
 
 
 def test_empty_or_missing_store(tmp_path):

@@ -5,10 +5,11 @@ import pytest
 from conftest import ensure_ray, make_cfg, run_cli
 
 from orchestrator.grid import expand
-from orchestrator.store import COLUMNS, Store
-from orchestrator.sweep import run
+from orchestrator.rows import COLUMNS
+from orchestrator.store import Store
+from orchestrator.driver import run
 
-REQUIRED = ["cell_id", "sweep", "backend", "seq_len", "batch_size", "num_heads", "head_dim", "dtype", "causal",
+REQUIRED = ["cell_id", "sweep_name", "backend", "seq_len", "batch_size", "num_heads", "head_dim", "dtype", "causal",
             "status", "error", "median_ms", "p10_ms", "p90_ms", "tflops", "rel_error", "peak_allocated_bytes",
             "nvml_used_before_bytes", "nvml_used_peak_bytes", "nvml_index", "gpu_uuid", "device_name",
             "torch_version"]
@@ -20,7 +21,7 @@ def test_smoke_sweep_writes_one_row_per_cell(smoke_dataset):
     assert sorted(df.cell_id) == sorted(c.cell_id for c in cells)
     assert set(REQUIRED) <= set(df.columns) and list(df.columns) == [n for n, _, _ in COLUMNS]
     assert (df.status == "ok").all(), df[["backend", "error"]]
-    assert (df.sweep == "smoke").all() and (df.target == "cpu").all()
+    assert (df.sweep_name == "smoke").all() and (df.target == "cpu").all()
     assert (df.p10_ms <= df.median_ms).all() and (df.median_ms <= df.p90_ms).all()
     assert (df.iters >= 5).all() and (df.tflops > 0).all()
     assert (df.rel_error < 1e-4).all()  # float32 against the fp32 reference
