@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
+from matplotlib.ticker import EngFormatter
 
 from orchestrator import report_plots as plots
 from orchestrator.report_files import save
@@ -110,10 +110,10 @@ def figure(results: list[dict], points: list[list[tuple[int, float]]], device: s
             ax.axhline(first["limit_bytes"] / GIB, color="#555", lw=1, ls="-", gid="limit")
             ax.annotate(_limit_label(first), (0.01, first["limit_bytes"] / GIB), xycoords=("axes fraction", "data"),
                         xytext=(0, 3), textcoords="offset points", fontsize="small", color="#333")
-        ax.set(xscale="log", yscale="log", title=_shape_title(first))
+        ax.set(xscale="log", title=_shape_title(first))
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.10g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        gib = [b / GIB for i in idx for _, b in points[i] if b] + [(first.get("limit_bytes") or 0) / GIB]
+        plots.log_axis(ax.yaxis, [g for g in gib if g])
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel("PyTorch peak memory, inputs included (GiB)")
         ax.grid(True, which="major", alpha=0.3)
@@ -122,8 +122,8 @@ def figure(results: list[dict], points: list[list[tuple[int, float]]], device: s
                 Line2D([], [], ls="", marker="|", markersize=12, markeredgewidth=2, color="#444",
                        label="model reaches the limit"),
                 Line2D([], [], ls="", marker="X", color="#444", label="first length that failed")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small",
-               frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 * len(groups)),
+               fontsize="small", frameon=False)
     fig.suptitle(f"Longest sequence that fits{' · ' + device if device else ''}")
     return fig
 
