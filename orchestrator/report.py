@@ -169,9 +169,12 @@ def run_configs(store: Store, run_ids) -> dict[str, str]:
 def sweep_keys() -> set[str]:
     """Top-level keys a sweep file (conf/sweep/*.yaml, appended with +sweep=NAME) or the sweep
     config may set: the report ignores them."""
-    files = [ROOT / "conf" / "config.yaml", *(ROOT / "conf" / "sweep").glob("*.yaml")]
+    conf = next((d for d in (Path(__file__).resolve().parent / "conf", ROOT / "conf") if d.is_dir()), ROOT / "conf")
+    files = [conf / "config.yaml", *(conf / "sweep").glob("*.yaml")]  # a checkout's, or the copy a wheel carries
     keys = {"workload", "measure", "run", "cluster", "capacity", "grid", "sweep_name"}
     for f in files:
+        if not f.is_file():
+            continue
         node = OmegaConf.load(f)
         keys |= set(node.keys()) if OmegaConf.is_dict(node) else set()
     return keys - {"defaults", "hydra"}
