@@ -11,6 +11,7 @@ Figures use matplotlib's object API, never pyplot; orchestrator/report_files.py 
 
 from __future__ import annotations
 
+import textwrap
 import zlib
 
 import numpy as np
@@ -38,9 +39,10 @@ STYLES = {
 }
 PLOT_COLUMNS = ["backend", "seq_len", "status", "median_ms", "p10_ms", "p90_ms", "tflops", "peak_mib", "speedup",
                 "ceiling_tflops"]
-_SPARE_COLORS = ["#56B4E9", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#F0E442", "#1F77B4"]
-_SPARE_MARKERS = ["h", "*", "p", "<", ">", "d", "8", "H"]
-FAILED_MARKS = {"oom": "X", "unsupported": "x"}  # anything else (error, crashed, timeout): a star
+_SPARE_COLORS = ["#56B4E9", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#F0E442", "#1F77B4", "#AEC7E8",
+                 "#FF9896", "#98DF8A", "#C5B0D5", "#C49C94", "#F7B6D2", "#DBDB8D", "#9EDAE5", "#393B79", "#637939"]
+_SPARE_MARKERS = ["h", "p", "<", ">", "8", "H", "1", "2", "3", "4"]
+FAILED_MARKS = {"oom": "X", "unsupported": "x", "error": "*", "crashed": "P", "timeout": "d"}  # filled, at the top
 _OTHER_MARK = "*"
 
 
@@ -149,13 +151,18 @@ def _make_room(ax, levels: int) -> float:
     returns the strip's lowest row (axes fraction)."""
     ax.autoscale_view()
     lo, hi = ax.get_ylim()
-    top = 0.96 - 0.065 * levels  # the data's top, as a fraction of the axis
+    top = 0.96 - _step(levels) * levels  # the data's top, as a fraction of the axis
     if ax.get_yscale() == "log":
         hi = lo * (hi / lo) ** (1 / top)
     else:
         hi = lo + (hi - lo) / top
     ax.set_ylim(lo, hi)
     return top + 0.04
+
+
+def _step(levels: int) -> float:
+    """Height of a row of marks (axis fraction): the strip takes at most about a third of the panel."""
+    return min(0.065, 0.34 / max(levels, 1))
 
 
 def _mark_failures(ax, bad: list[tuple[str, int, str]], lines_: dict, col: str) -> None:
@@ -168,11 +175,11 @@ def _mark_failures(ax, bad: list[tuple[str, int, str]], lines_: dict, col: str) 
     stack: dict[int, int] = {}
     for _, seq, _ in bad:
         stack[seq] = stack.get(seq, 0) + 1
-    row0 = _make_room(ax, max(stack.values()))
+    row0, step = _make_room(ax, max(stack.values())), _step(max(stack.values()))
     to_data, stack = ax.transData.inverted(), {}
     for backend, seq, status in bad:
         n = stack[seq] = stack.get(seq, -1) + 1
-        y = to_data.transform(ax.transAxes.transform((0.5, row0 + 0.065 * n)))[1]
+        y = to_data.transform(ax.transAxes.transform((0.5, row0 + step * n)))[1]
         color = style(backend)["color"]
         ax.plot([seq], [y], ls="", marker=FAILED_MARKS.get(status, _OTHER_MARK), markersize=8, color=color,
                 zorder=4, clip_on=False, gid=f"{status}-{col}-{backend}-{seq}")
@@ -220,7 +227,7 @@ def lines(frame, title: str, colors: dict | None = None, baseline: str = "math")
             _ceiling_axis(ax, frame)
         if col == "speedup" and lines_:
             ax.axhline(1.0, color="#999", lw=0.8, zorder=1)
-    note = _not_plotted(frame)
+    note = textwrap.fill(_not_plotted(frame), 100)
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize="medium")
     _legend(fig, frame)
     return fig
