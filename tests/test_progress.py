@@ -35,14 +35,24 @@ def lines(caplog) -> list[str]:
 
 @pytest.fixture
 def console_handler():
-    """ConsoleHandler on the orchestrator logger, as the driver installs it."""
+    """ConsoleHandler alone on the orchestrator logger (handlers an in-process sweep of another
+    test left there are set aside meanwhile), as the driver installs it."""
     logger = logging.getLogger("orchestrator")
-    handler, level = ConsoleHandler(), logger.level
-    logger.addHandler(handler)
+    handler, level, others = ConsoleHandler(), logger.level, logger.handlers[:]
+    logger.handlers = [handler]
     logger.setLevel(logging.INFO)
     yield handler
-    logger.removeHandler(handler)
+    logger.handlers = others
     logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def no_view_left():
+    """A test that fails mid-view leaves no live view for the next one."""
+    yield
+    if progress._active is not None:
+        progress._active.close()
+    progress._active = None
 
 
 def test_fmt_s():
