@@ -159,6 +159,7 @@ def result(s: Search, limit: int | None) -> dict:
         "trials": len(s.trials), "model": "quadratic" if s.quadratic else "linear",
         "coef": None if coef is None else [float(c) for c in coef],
         "limit_bytes": limit or device, "extrapolated": solve(coef, limit or device),
+        "limit_source": "memory_limit_bytes" if limit else ("device" if device else None),
     }
 
 
@@ -184,8 +185,12 @@ class CapacityPlanner:
     def for_config(cls, cfg, default_target: str) -> CapacityPlanner:
         return cls(searches_for(cfg, default_target), cfg.capacity.memory_limit_bytes)
 
-    def targets(self) -> set[str]:
-        return {s.key.target for s in self.searches}
+    def targets(self) -> dict[str, int]:
+        """The targets of the searches, and how many trials each could run at once."""
+        out: dict[str, int] = {}
+        for s in self.searches:
+            out[s.key.target] = out.get(s.key.target, 0) + 1
+        return out
 
     def next_round(self) -> list[Cell]:
         open_ = [s for s in self.searches if not s.done]

@@ -26,23 +26,6 @@ def conf_dir() -> str:
 CONF = conf_dir()
 
 
-class _Stderr(logging.StreamHandler):
-    """Warnings and errors on stderr (whatever sys.stderr is at the time)."""
-
-    def __init__(self):
-        super().__init__()
-        self.setLevel(logging.WARNING)
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
 def console() -> None:
     """The project's messages on the terminal, once: information on stdout (above a live view),
     warnings and errors on stderr; Hydra's log file gets them all through the root logger."""
@@ -54,7 +37,7 @@ def console() -> None:
         info = ConsoleHandler()
         info.addFilter(lambda record: record.levelno < logging.WARNING)
         lg.addHandler(info)
-        lg.addHandler(_Stderr())
+        lg.addHandler(ConsoleHandler(logging.WARNING, stream="stderr"))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,9 +3,9 @@ which, and tell what it offers.
 
 * ``cluster.address`` null (and no ``RAY_ADDRESS``): a private local cluster
   (``address="local"``): never a cluster nobody pointed the sweep at.
-* ``auto``, ``host:port``, ``ray://...`` or ``RAY_ADDRESS``: join that cluster. When a token is
-  where Ray keeps it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) the driver
-  uses it (Ray itself does so only for ``auto``); a rejected token is one line, within a second.
+* ``auto``, ``host:port``, ``ray://...`` or ``RAY_ADDRESS``: join that cluster. A cluster that
+  checks tokens gets the one where Ray keeps it (``auth.py`` decides before Ray is imported); a
+  rejected token is one line, within a second.
 * Ray's own messages go to the run's log file, not the terminal (``cluster.verbose=true`` shows them).
 """
 
@@ -18,27 +18,13 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import ray
+
+from orchestrator.auth import TOKEN_HELP, token_available
 from orchestrator.config import ConfigError
 
-
-def token_available() -> bool:
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    return os.path.isfile(path) and os.path.getsize(path) > 0
-
-
-# Ray reads the authentication mode once, when it is imported: decide it before that.
-if "RAY_AUTH_MODE" not in os.environ and token_available():
-    os.environ["RAY_AUTH_MODE"] = "token"  # harmless against a cluster without authentication
-
-import ray  # noqa: E402
-
 log = logging.getLogger(__name__)
-TOKEN_HELP = ("copy the head node's ~/.ray/auth_token to this machine (or set RAY_AUTH_TOKEN=<token>, or "
-              "RAY_AUTH_TOKEN_PATH=<file>); `ray get-auth-token` on the head prints it")
 
 
 class ClusterError(ConfigError):

@@ -10,6 +10,7 @@ here, once, for every planner.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -47,8 +48,9 @@ class GridPlanner:
     def __init__(self, cfg, default_target: str):
         self.cells, self._given = expand(cfg, default_target), False
 
-    def targets(self) -> set[str]:
-        return {c.target for c in self.cells}
+    def targets(self) -> dict[str, int]:
+        """The targets of the cells, and how many cells each could run at once."""
+        return dict(collections.Counter(c.target for c in self.cells))
 
     def next_round(self) -> list[Cell]:
         cells, self._given = ([] if self._given else self.cells), True
@@ -202,6 +204,11 @@ def run(cfg, output_dir: str | None = None) -> Summary:
         store.prepare()
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
+    import os
+
+    from orchestrator import auth
+
+    auth.prepare(cfg.cluster.address or os.environ.get("RAY_ADDRESS"), ConfigError)  # before Ray is imported
     from orchestrator.session import Session  # Ray is imported only once the config is known good
 
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")

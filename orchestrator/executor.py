@@ -98,7 +98,11 @@ class PoolLauncher:
         if len(ready) < len(probes):
             raise ClusterError("device workers did not start within run.start_timeout_s (+300 s); Ray's resources: "
                                f"{ray.available_resources()}")
-        for s, info in zip(slots, ray.get(probes), strict=True):
+        try:
+            infos = ray.get(probes)
+        except ray.exceptions.RayError as exc:
+            raise ClusterError(f"a device worker could not start: {str(exc).strip().splitlines()[0]}") from None
+        for s, info in zip(slots, infos, strict=True):
             s.info = info
 
     def submit(self, slot: Slot, spec: dict, timeout_s: float):
@@ -156,7 +160,11 @@ class TaskLauncher:
         device = "cpu" if self.cfg.run.device == "cpu" else "cuda"
         refs = [probe_task.options(**s.options).remote("cpu" if s.target == "cpu" else device,
                                                         list(self.cfg.grid.dtypes)) for s in slots]
-        for s, info in zip(slots, ray.get(refs), strict=True):
+        try:
+            infos = ray.get(refs)
+        except ray.exceptions.RayError as exc:
+            raise ClusterError(f"a device could not be probed: {str(exc).strip().splitlines()[0]}") from None
+        for s, info in zip(slots, infos, strict=True):
             s.info = info
 
     def submit(self, slot: Slot, spec: dict, timeout_s: float):

@@ -22,7 +22,7 @@ import hydra
 import pandas as pd
 from omegaconf import OmegaConf
 
-from orchestrator import report_page
+from orchestrator import cli, report_page
 from orchestrator.report_tables import GROUP, PLATFORM, SHAPE
 from orchestrator.rows import COLUMNS
 from orchestrator.store import Store
@@ -197,7 +197,7 @@ def from_config(cfg, output_dir) -> dict:
     opts = OmegaConf.to_container(cfg, resolve=True)
     active = filters_of(opts)
     store = Store(opts["store"]["path"])
-    raw = store.read()
+    raw = store.read(set_aside=False)  # a file that is not rows is skipped and named, never moved
     if raw.empty:
         raise ReportError(f"no rows in {store.path}")
     raw = complete(raw)  # a column the store's files lack is all null here, as one written before it existed
@@ -215,15 +215,21 @@ def from_config(cfg, output_dir) -> dict:
                  plots=rep.get("plots", True), configs=configs, source=str(store.path))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
-def main(cfg) -> None:
+@hydra.main(version_base="1.3", config_path=cli.CONF, config_name="report")
+def app(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    cli.console()
     try:
         from_config(cfg, cfg.get("output_dir") or HydraConfig.get().runtime.output_dir)
     except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("error: %s", exc)
         sys.exit(2)
+
+
+def main() -> None:
+    """``python -m orchestrator.report`` (``attn-report``)."""
+    cli.run(app)
 
 
 if __name__ == "__main__":

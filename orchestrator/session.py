@@ -134,10 +134,11 @@ class Session:
 
     # ------------------------------------------------------------------ devices
 
-    def start_devices(self, targets: set[str]) -> None:
+    def start_devices(self, targets: dict[str, int]) -> None:
+        """One worker per device of each target, no more than that target's cells at once."""
         r = self.cfg.run
         self.slots = []
-        for target in sorted(targets):
+        for target, most in sorted(targets.items()):
             on_gpu = target != "cpu"
             n = self.resources.gpus.get(target, 0) if on_gpu else r.cpu_workers
             if n == 0:
@@ -146,7 +147,7 @@ class Session:
             opts = {"num_cpus": 1} if not on_gpu else {"num_gpus": 1, "num_cpus": r.cpus_per_gpu_cell}
             if on_gpu and target != "any":
                 opts["resources"] = {f"accelerator_type:{target}": 0.001}
-            self.slots += [Slot(target, opts, len(self.slots) + i) for i in range(n)]
+            self.slots += [Slot(target, opts, len(self.slots) + i) for i in range(min(n, max(most, 1)))]
         fork = self.fork[0] if self.fork else None
         self.launcher = PoolLauncher(self.cfg, fork) if self.pool else TaskLauncher(self.cfg)
         t0 = time.perf_counter()

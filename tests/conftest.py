@@ -60,10 +60,11 @@ def smoke_dataset(tmp_path_factory):
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
-    """`python -m orchestrator ARGS` in a subprocess; returns the CompletedProcess."""
+    """`python -m orchestrator ARGS` in a subprocess; returns the CompletedProcess. A None in env
+    unsets that variable."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,

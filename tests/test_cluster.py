@@ -2,6 +2,7 @@
 nodes carry different GPU models (fake GPUs: the cells measure on the CPU)."""
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,10 +17,6 @@ from test_scheduling import max_overlap
 
 from orchestrator.driver import run
 
-# A loopback test cluster: Ray's token authentication off on both sides (on a real cluster
-# the driver reads the token that `ray start` wrote, or RAY_AUTH_TOKEN).
-NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,16 +24,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def head_node(tmp_path):
-    """`ray start --head --num-gpus=4` in a process group of its own, torn down afterwards."""
-    port = free_port()
+def home_with_token(path) -> dict:
+    """A HOME of the test's own holding a Ray token where Ray keeps it (~/.ray/auth_token), as
+    any earlier local ray.init() leaves one: `ray start` then turns authentication on."""
+    (path / ".ray").mkdir(parents=True, exist_ok=True)
+    token = path / ".ray" / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    return {"HOME": str(path)}
+
+
+def start_head(port: int, env: dict) -> subprocess.Popen:
+    """`ray start --head --block --num-gpus=4` in a session of its own, answering on port."""
     ray_bin = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=4",
          "--include-dashboard=false", "--disable-usage-stats"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT,
-        env={**os.environ, **NO_TOKEN},
+        env={**clean, **env},
     )
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -47,7 +53,10 @@ def head_node(tmp_path):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.5)
     time.sleep(2)
-    yield f"127.0.0.1:{port}"
+    return proc
+
+
+def stop_head(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
@@ -55,19 +64,97 @@ def head_node(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.fixture
+def token_head(tmp_path):
+    """A head node started with Ray's defaults: authentication on, its token in ~/.ray."""
+    home = home_with_token(tmp_path / "home")
+    port = free_port()
+    proc = start_head(port, home)
+    yield f"127.0.0.1:{port}", home
+    stop_head(proc)
+
+
+def driver_env(home: dict, **more) -> dict:
+    """The driver's environment: the same HOME (so ~/.ray/auth_token), no RAY_* of this process."""
+    return {**{k: None for k in os.environ if k.startswith("RAY_")}, **home, **more}
+
+
+SPREAD = ["+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64,96,128,160,192,224,256,288]",
+          "measure.warmup_ms=100", "measure.budget_ms=600", "measure.max_iters=100000", "measure.precision=0",
+          "run.device=cpu"]
+
+
 @pytest.mark.slow
-def test_sweep_joins_an_existing_cluster_and_uses_its_four_gpus(head_node, tmp_path):
+def test_sweep_joins_a_cluster_with_token_authentication_and_uses_its_four_gpus(token_head, tmp_path):
+    """Ray's defaults: `ray start` found a token in ~/.ray, so the cluster checks it; the sweep
+    joins by host:port with no extra step (Ray alone would not send the token there)."""
+    address, home = token_head
     store = tmp_path / "results"
-    proc = run_cli("+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64,96,128,160,192,224,256,288]",
-                   "measure.warmup_ms=100", "measure.budget_ms=600", "measure.max_iters=100000", "measure.precision=0", "run.device=cpu",
-                   f"cluster.address={head_node}", f"store.path={store}", f"hydra.run.dir={tmp_path / 'run'}",
-                   env=NO_TOKEN)
+    proc = run_cli(*SPREAD, f"cluster.address={address}", f"store.path={store}", f"hydra.run.dir={tmp_path / 'run'}",
+                   env=driver_env(home))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Started a local Ray instance" not in proc.stdout + proc.stderr  # joined, started nothing
+    first = proc.stdout.splitlines()[0]
+    assert first == f"cluster: joining the Ray cluster at {address}", first
+    said = proc.stdout + proc.stderr
+    assert "Started a local Ray instance" not in said and "InvalidAuthToken" not in said  # joined, started nothing
+    assert "Token authentication" not in said and "gcs_client" not in said  # Ray's chatter stays in the log file
     df = pd.read_parquet(store)
     assert len(df) == 8 and (df.status == "ok").all()
     assert sorted(df.cuda_visible_devices.unique()) == ["0", "1", "2", "3"]
     assert max_overlap(df) == 4
+    again = run_cli(*SPREAD, f"store.path={store}", f"hydra.run.dir={tmp_path / 'run2'}", "run.rerun=all",
+                    env=driver_env(home, RAY_ADDRESS=address))  # RAY_ADDRESS: the same
+    assert again.returncode == 0 and again.stdout.splitlines()[0].endswith(address), again.stderr[-2000:]
+    assert "4 GPU" in again.stdout or "GPUs: 4" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_missing_or_wrong_token_is_one_line_within_seconds(token_head, tmp_path):
+    address, _ = token_head
+    for name, env in [("missing", driver_env({"HOME": str(tmp_path / "empty")})),
+                      ("wrong", driver_env({"HOME": str(tmp_path / "empty")}, RAY_AUTH_TOKEN="0" * 64))]:
+        t0 = time.time()
+        proc = run_cli("+sweep=smoke", f"cluster.address={address}", f"store.path={tmp_path / name}",
+                       f"hydra.run.dir={tmp_path / name / 'run'}", env=env, timeout=120)
+        took = time.time() - t0
+        errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2, (name, proc.stderr[-2000:])
+        assert len(errors) == 1 and "auth token" in errors[0] and "auth_token" in errors[0], (name, errors)
+        assert took < 30, (name, took)  # one look at the cluster, not twenty retries
+        assert not (tmp_path / name).exists() or not list((tmp_path / name).glob("*.parquet"))
+
+
+@pytest.mark.slow
+def test_a_cluster_without_authentication_is_joined_too(tmp_path):
+    port = free_port()
+    head = start_head(port, {"RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path / "home")})
+    try:
+        proc = run_cli("+sweep=smoke", "grid.backends=[math]", "run.device=cpu", f"cluster.address=127.0.0.1:{port}",
+                       f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}",
+                       env=driver_env(home_with_token(tmp_path / "driver")))  # our token, a cluster that asks none
+    finally:
+        stop_head(head)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(pd.read_parquet(tmp_path / "r")) == 2
+
+
+@pytest.mark.slow
+def test_sweeps_stay_private_while_a_foreign_cluster_is_up(token_head, tmp_path):
+    """Another process's `ray start` cluster (4 GPUs) is up on this host: a sweep with no address
+    starts a private cluster of its own (no GPUs here), in a subprocess and in this process."""
+    _, home = token_head
+    proc = run_cli("+sweep=smoke", "grid.backends=[math]", f"store.path={tmp_path / 'cli'}",
+                   f"hydra.run.dir={tmp_path / 'run'}", env=driver_env(home))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0] == "cluster: starting a private Ray cluster on this machine"
+    assert set(pd.read_parquet(tmp_path / "cli").target) == {"cpu"}  # the foreign cluster's GPUs were not used
+    import ray
+    from conftest import ensure_ray
+
+    ensure_ray(0)  # what the suite's in-process sweeps use
+    assert ray.cluster_resources().get("GPU", 0) == 0
+    s = run(make_cfg("+sweep=smoke", "grid.backends=[math]", store=tmp_path / "inproc"))
+    assert s.statuses == {"ok": 2} and set(pd.read_parquet(tmp_path / "inproc").target) == {"cpu"}
 
 
 def test_cells_run_on_each_listed_gpu_model(tmp_path):
