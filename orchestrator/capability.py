@@ -16,12 +16,16 @@ COMPUTE_CAPABILITY = {
     "L4": (8, 9), "L40S": (8, 9), "H100": (9, 0), "H200": (9, 0), "H20": (9, 0), "GH200": (9, 0),
     "B200": (10, 0), "GB200": (10, 0),
 }
-FLASH_MAX_HEAD_DIM = 256
 HALF = ("float16", "bfloat16")
+# Head sizes past which no kernel of the backend exists (flash, cuDNN and FlexAttention's
+# templates stop at 256); past 1024 for any backend: no attention kernel is built for heads that
+# large, and the unfused ones would only measure two huge GEMMs (a typo, most likely).
+MAX_HEAD_DIM = {"flash": 256, "cudnn": 256, "flex": 256}
+MAX_HEAD_DIM_ANY = 1024
 
 
-# Fused kernels that need sm80 and half precision (flash also caps the head size).
-FUSED = {"flash": ("flash attention", FLASH_MAX_HEAD_DIM), "cudnn": ("cuDNN attention", None)}
+# Fused kernels that need sm80 and half precision.
+FUSED = {"flash": "flash attention", "cudnn": "cuDNN attention"}
 
 
 def _gpu_reason(cell, cc: tuple[int, int], name: str) -> str | None:
@@ -30,18 +34,19 @@ def _gpu_reason(cell, cc: tuple[int, int], name: str) -> str | None:
         return f"bfloat16 needs sm80 or newer; {name} is {sm}"
     if cell.backend not in FUSED:
         return None
-    kernel, max_head = FUSED[cell.backend]
+    kernel = FUSED[cell.backend]
     if cc < (8, 0):
         return f"{kernel} needs sm80 or newer; {name} is {sm}"
     if cell.dtype not in HALF:
         return f"{kernel} takes float16 or bfloat16, not {cell.dtype}"
-    if max_head is not None and cell.head_dim > max_head:
-        return f"{kernel} takes head sizes up to {max_head}, not {cell.head_dim}"
     return None
 
 
 def reason(cell) -> str | None:
     """Why the cell's target cannot run it, or None when it may (or when nothing is known)."""
+    top = MAX_HEAD_DIM.get(cell.backend, MAX_HEAD_DIM_ANY)
+    if cell.head_dim > top:
+        return f"{cell.backend} takes head sizes up to {top}, not {cell.head_dim}"
     if cell.target == "cpu":
         if cell.backend in ("efficient", "cudnn"):
             return f"{cell.backend} attention has no CPU kernel in PyTorch"
@@ -55,5 +60,6 @@ def unsupported(cell) -> dict | None:
     why = reason(cell)
     if why is None:
         return None
-    return {"status": "unsupported", "error": f"{cell.target}: {why}", "attempts": 0,
-            "ended_at": datetime.now(timezone.utc)}
+    now = datetime.now(timezone.utc)
+    return {"status": "unsupported", "error": f"{cell.target}: {why}", "attempts": 0, "started_at": now,
+            "ended_at": now}

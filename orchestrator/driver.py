@@ -118,16 +118,20 @@ class Rounds:
         log.info("sweep %r: %d cells, %d to run, %d already in %s; %d device(s) (%s isolation)",
                  self.cfg.sweep_name, len(cells), len(todo), len(cells) - len(todo), self.store.path,
                  self.summary.devices, self.cfg.run.isolation)
+        mine, theirs = self._claim(todo)
+        self._execute(mine)
+        self._wait_for_others(theirs)
+
+    def _execute(self, cells: list[Cell]) -> None:
+        """Rows at once for cells no device of their target can run; the rest to the devices."""
         runnable = []
-        for cell in todo:
+        for cell in cells:
             pre = capability.unsupported(cell)
             if pre is not None:  # the target cannot run it: a row now, never scheduled
                 self.planner.record(cell, self.runlog.record(cell, pre))
             else:
                 runnable.append(cell)
-        mine, theirs = self._claim(runnable)
-        self.session.execute(mine, self._on_row, len(todo) - len(runnable))
-        self._wait_for_others(theirs)
+        self.session.execute(runnable, self._on_row, len(cells) - len(runnable))
 
     def _skip_done(self, cells: list[Cell]) -> list[Cell]:
         new = [c for c in cells if c.cell_id not in self.seen]
@@ -149,14 +153,28 @@ class Rounds:
         self.summary.skipped += len([c for c in new if c.cell_id in done])
         return [c for c in cells if c.cell_id not in done]
 
-    def _claim(self, cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    def _claim(self, cells: list[Cell], quiet: bool = False) -> tuple[list[Cell], list[Cell]]:
+        """(cells this run now holds, cells another live sweep holds). A cell another sweep
+        finished between our look at the dataset and our claim is released and taken as done
+        there: claim first, then look again."""
         mine, theirs = [], []
         for c in cells:
             (mine if self.store.claim(c.cell_id, self.summary.run_id) is None else theirs).append(c)
-        if theirs:
+        if mine:
+            done = self.store.done("none", None)
+            for c in [c for c in mine if c.cell_id in done]:
+                self.store.release(c.cell_id, self.summary.run_id)
+                self._done_elsewhere(c)
+            mine = [c for c in mine if c.cell_id not in done]
+        if theirs and not quiet:
             log.info("%d cells are being measured by another sweep on this store: waiting for their rows "
                      "instead of measuring them twice", len(theirs))
         return mine, theirs
+
+    def _done_elsewhere(self, cell: Cell) -> None:
+        self.summary.elsewhere += 1
+        if self.cfg.capacity.enabled:
+            self.planner.record(cell, self.store.latest().set_index("cell_id").loc[cell.cell_id].to_dict())
 
     def _wait_for_others(self, cells: list[Cell]) -> None:
         """Cells another live sweep holds: take their rows when they land, or measure them if that
@@ -164,21 +182,10 @@ class Rounds:
         while cells:
             self.session.idle(1.0)
             done = self.store.done("none", None)
-            waiting = []
-            for c in cells:
-                if c.cell_id in done:
-                    self.summary.elsewhere += 1
-                    if self.cfg.capacity.enabled:
-                        self.planner.record(c, self.store.latest().set_index("cell_id").loc[c.cell_id].to_dict())
-                else:
-                    waiting.append(c)
-            mine, cells = self._claim_quietly(waiting)
-            if mine:
-                self.session.execute(mine, self._on_row, 0)
-
-    def _claim_quietly(self, cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
-        mine = [c for c in cells if self.store.claim(c.cell_id, self.summary.run_id) is None]
-        return mine, [c for c in cells if c not in mine]
+            for c in [c for c in cells if c.cell_id in done]:
+                self._done_elsewhere(c)
+            mine, cells = self._claim([c for c in cells if c.cell_id not in done], quiet=True)
+            self._execute(mine)
 
     def _on_row(self, cell: Cell, result: dict, slot=None) -> dict:
         row = self.runlog.record(cell, result, slot)
@@ -212,7 +219,7 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     from orchestrator.session import Session  # Ray is imported only once the config is known good
 
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
-    with Session(cfg, store, summary) as session:
+    with Session(cfg, store, summary, output_dir) as session:
         planner = planner_for(cfg, session.default_target)
         store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
                                         "config": OmegaConf.to_container(cfg, resolve=True)})

@@ -143,13 +143,19 @@ def _reap(owner: dict) -> None:
 # ----------------------------------------------------------------------------- the client side
 
 
-def start(preload: list[str] = PRELOAD) -> tuple[str, subprocess.Popen]:
+def start(preload: list[str] = PRELOAD, log: str | None = None) -> tuple[str, subprocess.Popen]:
     """Start a server now (its imports continue in the background); returns (address, process).
-    Keep the process object: the server lives while its stdin pipe is open."""
+    Keep the process object: the server lives while its stdin pipe is open. What the server and
+    its children print goes to ``log`` (a file), not to the caller's terminal."""
     address = os.path.join(tempfile.mkdtemp(prefix="attn-fork-"), "s")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.forkserver", address, *preload],
-                            stdin=subprocess.PIPE, env=env, start_new_session=True)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it open
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.forkserver", address, *preload],
+                                stdin=subprocess.PIPE, stdout=out, stderr=out, env=env, start_new_session=True)
+    finally:
+        if log:
+            out.close()
     return address, proc
 
 

@@ -62,15 +62,19 @@ def describe_exit(code: int | None) -> str:
 def child_main(fd: int) -> None:
     """A cell process: start the device, then prepare and measure its cell when told to."""
     conn = Connection(fd)
+    try:
+        _serve(conn)
+    except (EOFError, OSError):  # the runner went away (the sweep stopped): leave quietly
+        os._exit(0)
+
+
+def _serve(conn) -> None:
     from tasks import cell as cellrun
 
     state = {"cell": None, "gpu": False, "go": None}
     device, env, prepared, out = None, None, None, None
     while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):  # the runner closed: never given a cell
-            os._exit(0)
+        msg = conn.recv()  # EOFError: the runner closed, never given a cell
         kind = msg[0]
         if kind == "start":  # ("start", visible_devices, device kind, dtypes)
             if msg[1] is not None:

@@ -33,8 +33,8 @@ HEARTBEAT_S = 5.0
 
 
 class Session:
-    def __init__(self, cfg, store, summary):
-        self.cfg, self.store, self.summary = cfg, store, summary
+    def __init__(self, cfg, store, summary, output_dir: str | None = None):
+        self.cfg, self.store, self.summary, self.output_dir = cfg, store, summary, output_dir
         self.pool = cfg.run.isolation == "pool"
         self.slots: list[Slot] = []
         self.launcher = None
@@ -55,7 +55,8 @@ class Session:
         log.info("cluster: %s", "joining the Ray cluster at " + str(c.address or os.environ["RAY_ADDRESS"])
                  if joining else "starting a private Ray cluster on this machine")
         if self.pool and not joining:
-            self.fork = forkserver.start()  # imports torch while Ray starts
+            log_file = os.path.join(self.output_dir, "cells.log") if self.output_dir else None
+            self.fork = forkserver.start(log=log_file)  # imports torch while Ray starts
         was_up = cluster.ray.is_initialized()
         try:
             line = cluster.connect(c, prestart_workers=not self.pool)

@@ -188,7 +188,7 @@ def test_encoder_workload_config_composes():
 def test_encoder_sweep_both_modes(tmp_path):
     """A real sweep: Hydra config, Ray, a forked process per cell, parquet."""
     from orchestrator.store import Store
-    from orchestrator.sweep import run
+    from orchestrator.driver import run
 
     ensure_ray(0)
     cfg = make_cfg("+sweep=smoke", "workload=encoder", "grid.backends=[math,flash]", "grid.seq_lens=[32]",
