@@ -53,18 +53,20 @@ def cluster_mode(address: str, timeout_s: float = 30.0) -> str:
 
 def prepare(address: str | None, config_error) -> None:
     """Set RAY_AUTH_MODE for joining ``address`` (None: a private local cluster, which Ray sets
-    up with a token itself). Raises config_error (one line) when the cluster needs a token we lack."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return  # the user's choice
-    if address is None:
-        if token_available():
-            os.environ["RAY_AUTH_MODE"] = "token"  # what Ray does anyway, without its warning
+    up with a token of its own). Raises config_error (one line) when the cluster needs a token
+    we lack."""
+    if "RAY_AUTH_MODE" in os.environ or address is None or address == "auto" or "://" in address:
+        return  # the user's choice; Ray's own way for a local or auto-found cluster; Ray Client
+    if cluster_mode(address) != "token":
         return
-    if address == "auto" or "://" in address:
-        return  # Ray finds the local cluster's token itself; Ray Client has its own channel
-    mode = cluster_mode(address)
-    if mode == "token":
-        if not token_available():
-            raise config_error(f"{address}: the cluster requires a Ray auth token and none was found here: "
-                               + TOKEN_HELP)
-        os.environ["RAY_AUTH_MODE"] = "token"
+    if not token_available():
+        raise config_error(f"{address}: the cluster requires a Ray auth token and none was found here: {TOKEN_HELP}")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:  # imported already (a library caller): Ray reads the mode again
+        try:
+            from ray._raylet import AuthenticationTokenLoader, Config
+
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+        except (ImportError, AttributeError):
+            pass

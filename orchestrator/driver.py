@@ -11,6 +11,7 @@ here, once, for every planner.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -243,6 +244,11 @@ def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None)
         except OSError as exc:
             log.warning("store: compaction skipped (%s); the part files hold every row", exc.strerror or exc)
     log.info(summary.line())
+    try:  # the run's record gets how it went (benchmarks read it)
+        info = store.runs().get(summary.run_id, {})
+        store.save_run(summary.run_id, info | {"summary": dataclasses.asdict(summary)})
+    except OSError:
+        pass
     cells = getattr(planner, "cells", None)
     if cfg.capacity.enabled:
         from orchestrator import report_capacity
@@ -260,8 +266,6 @@ def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None)
 
 
 def planner_trials(search) -> list[Cell]:
-    import dataclasses
-
     return [dataclasses.replace(search.key, seq_len=t["seq_len"]) for t in search.trials]
 
 

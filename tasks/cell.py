@@ -7,10 +7,10 @@ see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
    (host-bound, about 0.4 s on an H100), the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
-3. ``measure``: warm-up and timing, then the memory pass, the kernel check and the fp32
-   accuracy check. ``on_timed`` is called once the timing is done (the next cell may then use
-   the GPU), ``before_memory`` before the memory pass (the previous cell's process must be
-   gone for NVML's device reading).
+3. ``measure``: warm-up, the kernel check, the fp32 accuracy check, the memory pass, then the
+   timing. ``before_memory`` is called before the memory pass (the previous cell's process must
+   be gone for NVML's device reading), ``on_timed`` once the timing is done (the next cell may
+   then prepare: its inputs and first call never share the GPU with this cell's measuring).
 
 The caller gives this process exactly one device (a GPU through ``CUDA_VISIBLE_DEVICES``,
 or the CPU).
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import time
 import traceback
@@ -59,13 +58,13 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
 def _warm_libraries(device: torch.device, dtypes) -> None:
     """Load what every cell's later phases use, so that no measured phase pays for it: cuBLAS
     in each dtype, and the fp32 math path of the accuracy reference (its softmax kernels)."""
-    import torch.nn.functional as F
-
     for dt in {*dtypes, "float32"}:
         a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
         a @ a
+    from tasks.attention import reference
+
     q = torch.ones(1, 2, 16, 16, device=device)
-    F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    reference(q, q, q, True)  # the fp32 math backend, as the accuracy check runs it
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
 
@@ -112,20 +111,24 @@ class Prepared:
 
 def measure(p: Prepared, nvml: Nvml | None = None, on_timed: Callable = lambda: None,
             before_memory: Callable = lambda: None) -> dict:
-    """Timing, memory, kernels and accuracy of a prepared cell: its measured columns."""
+    """A prepared cell's measured columns: warm-up, the kernel check, the accuracy check, the
+    memory pass, then the timing. Nothing another cell does may overlap the memory pass (its
+    memory) or the timing; ``on_timed`` tells the next cell it may use the GPU again."""
     m, work, device = p.spec["measure"], p.work, p.device
-    t = timing.time_fn(work.step, device, timing.Protocol.of(m))
-    t["warmup_iters"] += 1  # the first call, made in prepare
-    t["warmup_s"] += p.first_call_s
-    on_timed()
-    before_memory()
-    mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
+    protocol = timing.Protocol.of(m)
+    warmed = timing.warm(work.step, device, protocol)
     t0 = time.perf_counter()
     how = m.get("kernels", "ops")
     ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
     t1 = time.perf_counter()
     err = work.check() if m["accuracy"] else None
     t2 = time.perf_counter()
+    before_memory()
+    mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
+    t = timing.timed(work.step, device, protocol, warmed)
+    t["warmup_iters"] += 1  # the first call, made in prepare
+    t["warmup_s"] += p.first_call_s
+    on_timed()
     return {
         **p.cols, **t, **mem, **ran,
         "kernels_s": t1 - t0 if how != "off" else None,
@@ -138,18 +141,26 @@ def measure(p: Prepared, nvml: Nvml | None = None, on_timed: Callable = lambda: 
     }
 
 
-def measure_settings(m: dict) -> str:
-    return json.dumps(dict(sorted(m.items())), sort_keys=True)
+def release(prepared: Prepared | None) -> None:
+    """Unpin and free a cell's device memory (its process keeps running a little longer)."""
+    if prepared is not None:
+        prepared.close()
+        prepared.work = None
+    if torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 class Outcome:
     """A cell's result as it is built up, phase by phase; ``fail`` turns an exception into its status."""
 
-    def __init__(self):
+    def __init__(self, cols: dict | None = None):
         self.caught: list = []
         self._warn = None
         self.failed = False
-        self.cols = {"started_at": now(), "status": Status.ERROR.value, "error": None, "pid": os.getpid()}
+        self.cols = cols or {"started_at": now(), "status": Status.ERROR.value, "error": None, "pid": os.getpid()}
 
     def __enter__(self) -> Outcome:
         self._warn = warnings.catch_warnings(record=True)
@@ -186,6 +197,5 @@ def run_cell(spec: dict, on_ready: Callable = lambda: None) -> dict:
         nvml = Nvml(nvml_handle(env["gpu_uuid"])) if HAS_NVML and "gpu_uuid" in env else None
         out.cols |= measure(prepared, nvml)
         out.cols["status"] = Status.OK.value
-    if prepared is not None:
-        prepared.close()
+    release(prepared)
     return out.done(t_go)

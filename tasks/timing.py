@@ -170,10 +170,19 @@ def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol) -> tuple
         batch = max(1, min(len(ms), left, p.max_iters - len(ms)))  # double, within the budget
 
 
-def time_fn(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> dict:
-    """Warm up, then time fn by the protocol above; the row's timing columns."""
+def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[dict, list[float]]:
+    """The warm-up alone (its L2-flush buffer freed after): its columns and the host samples."""
     timer = Timer(device, p.flush_l2)
-    cols, host = warm_up(timer, fn, p)
+    try:
+        return warm_up(timer, fn, p)
+    finally:
+        timer.close()
+
+
+def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple[dict, list[float]]) -> dict:
+    """After ``warm``: capture, time by the protocol above; the row's timing columns."""
+    cols, host = warmed
+    timer = Timer(device, p.flush_l2)
     t0 = time.perf_counter()
     est_s = statistics.median(host) / 1e3
     graph, out, note = None, None, None
@@ -186,7 +195,7 @@ def time_fn(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> dic
     ms, stop = timed_loop(timer, graph.replay if graph is not None else fn, est_s, p)
     stats = summarize(ms)
     host_med = statistics.median(host[1:] or host) if timer.cuda else None
-    cols |= {
+    cols = cols | {
         **stats,
         "timing_method": method,
         "timing_note": note,
@@ -195,9 +204,14 @@ def time_fn(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> dic
         "launch_overhead_ms": max(0.0, host_med - stats["median_ms"]) if host_med is not None else None,
         "timing_s": cols["warmup_s"] + time.perf_counter() - t0,
     }
-    del graph, out  # the graph's memory pool goes before the memory pass
+    del graph, out  # the graph's memory pool goes with it
     timer.close()
     return cols
+
+
+def time_fn(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> dict:
+    """Warm up, then time fn by the protocol above; the row's timing columns."""
+    return timed(fn, device, p, warm(fn, device, p))
 
 
 @contextlib.contextmanager

@@ -70,3 +70,80 @@ def test_timing_is_event_based_and_plausible():
     assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
     assert 50 < row["tflops"] < 1500  # an H100 runs bf16 flash at a few hundred TFLOP/s
     assert row["rel_error"] < 1e-2
+
+
+# ---------------------------------------------------------------- numbers that repeat, memory that belongs
+
+
+def test_graph_replays_time_the_device_and_events_time_the_host():
+    """A launch-bound cell (eager, several small kernels): the graph-replay median is the GPU's
+    time, the host-inclusive median the launches', their difference the launch overhead."""
+    row = run_cell(spec("eager", seq=256) | {"batch_size": 1})
+    assert row["status"] == "ok", row["error"]
+    assert row["timing_method"] == "cuda_graph" and row["timing_note"] is None
+    assert row["stop_reason"] in ("precision", "budget", "max_iters") and row["median_ci_pct"] < 5
+    assert row["host_median_ms"] > row["median_ms"] and row["launch_overhead_ms"] > 0.5 * row["median_ms"]
+    big = run_cell(spec("flash", seq=8192))  # not launch-bound: the two agree
+    assert big["timing_method"] == "cuda_graph"
+    assert abs(big["host_median_ms"] / big["median_ms"] - 1) < 0.1
+
+
+def test_a_call_that_cannot_be_captured_falls_back_to_events_and_says_why():
+    from tasks import timing
+
+    dev = torch.device("cuda", 0)
+    x = torch.randn(4096, 4096, device=dev, dtype=torch.bfloat16)
+
+    def syncing():  # .item() synchronises: illegal while a graph is being captured
+        return (x @ x).sum().item()
+
+    t = timing.time_fn(syncing, dev)
+    assert t["timing_method"] == "cuda_events" and "not capturable" in t["timing_note"]
+    assert t["median_ms"] > 0
+    again = timing.time_fn(lambda: x @ x, dev)  # the context is healthy after the failed capture
+    assert again["timing_method"] == "cuda_graph"
+
+
+def test_nvml_memory_is_the_kernels_not_the_accuracy_references():
+    """flash at seq 16384: its fp32 accuracy reference needs far more than the kernel (2 GiB of
+    scores for two heads); NVML's figures are read around the memory pass, so they show the
+    kernel's memory (and the process's CUDA context), not the reference's."""
+    row = run_cell(spec("flash", seq=16384) | {"batch_size": 1})
+    assert row["status"] == "ok", row["error"]
+    reserved, ctx = row["peak_reserved_bytes"], row["nvml_context_bytes"]
+    assert reserved < 1 << 30 and ctx > 100 << 20
+    assert 0 <= row["nvml_used_peak_bytes"] - row["nvml_used_before_bytes"] <= reserved + (64 << 20)
+    assert ctx <= row["nvml_process_peak_bytes"] <= reserved + ctx + (512 << 20)
+    assert row["nvml_used_peak_bytes"] < row["nvml_process_peak_bytes"] + (1 << 30)
+
+
+def test_ceilings_and_shares_are_plausible():
+    from tasks import ceilings
+
+    c = ceilings.measure(["bfloat16", "float32"], torch.device("cuda", 0))
+    assert 100 < c["tflops"]["bfloat16"] < 5000 and c["tflops"]["float32"] < c["tflops"]["bfloat16"]
+    assert 500 < c["gbps"] < 20000 and c["seconds"] < 5
+    row = run_cell(spec("cudnn", seq=8192))
+    shares = ceilings.shares(row, c)
+    assert 1 < shares["pct_of_compute_ceiling"] < 100
+    assert 0 < shares["pct_of_bandwidth_ceiling"] < 100
+
+
+def test_a_gpu_sweep_pipelines_cells_and_keeps_their_memory_apart(tmp_path):
+    """Pool mode with two cell processes started ahead (their CUDA contexts up while a cell
+    measures): every row is timed by graph replay, measured windows never overlap, and NVML's
+    device readings leave the waiting processes' contexts out."""
+    import pandas as pd
+    from conftest import ensure_ray, make_cfg
+
+    from orchestrator.driver import run
+
+    ensure_ray(torch.cuda.device_count())
+    s = run(make_cfg("+sweep=seed", "grid.backends=[flash,cudnn,math]", "grid.seq_lens=[256,1024,4096]",
+                     "run.prewarm=2", store=tmp_path / "r"))
+    df = pd.read_parquet(tmp_path / "r")
+    assert s.statuses == {"ok": 9} and (df.timing_method == "cuda_graph").all()
+    for _, r in df.iterrows():  # before the call: this process (context, inputs) and nothing of the next cells
+        assert r.nvml_used_before_bytes <= r.nvml_process_peak_bytes + (256 << 20), r.backend
+    assert (df.pct_of_compute_ceiling > 0).all() and df.ceiling_tflops.notna().all()
+    assert (df.startup_s > 0).all() and df.spawn_s.median() < 0.1  # started ahead, not on the critical path

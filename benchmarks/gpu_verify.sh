@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU side of the speed and repeatability issues, on a machine with one or two GPUs:
+#   OUT=/tmp/v bash benchmarks/gpu_verify.sh                       # every step
+#   OUT=/tmp/v STEPS="tests inprocess" bash benchmarks/gpu_verify.sh
+# tests:     pytest -m gpu (graph timing and its fallback, memory attribution, ceilings, a pooled sweep)
+# inprocess: benchmarks/inprocess.py on the 120 bf16 head-128 cells of +sweep=full, the sweep on 1 and 2 GPUs
+# agreement: benchmarks/agreement.py on those cells, one GPU: new twice (run-to-run), the old protocol,
+#            and the new one without prewarmed processes
+# full:      +sweep=full (480 cells) on every GPU, with its report
+# Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
+set -uo pipefail
+OUT=${OUT:-outputs/gpu_verify}
+STEPS=" ${STEPS:-tests inprocess agreement full} "
+mkdir -p "$OUT/work"
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+step() { echo; echo "=== $(date +%T) $*"; }
+FULL120=(+sweep=full "grid.dtypes=[bfloat16]" "grid.head_dims=[128]")
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+if want tests; then
+  step "pytest -m gpu"
+  timeout 420 python -m pytest -m gpu tests/ -q -p no:cacheprovider -rs 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt"
+fi
+if want inprocess; then
+  step "inprocess: the sweep against a do_bench loop"
+  timeout 480 python benchmarks/inprocess.py --gpus 1,2 --keep "$OUT/work/inprocess" 2>&1 | tee "$OUT/inprocess.txt"
+fi
+if want agreement; then
+  step "agreement: new, new, old, no prewarm on one GPU"
+  timeout 560 python benchmarks/agreement.py --runs new:1,new:1,old:1,noprewarm:1 "${FULL120[@]}" 2>&1 \
+    | grep -v "^\[" | tee "$OUT/agreement.txt"
+fi
+if want full; then
+  step "+sweep=full on every GPU"
+  timeout 400 python -m orchestrator +sweep=full store.path="$OUT/work/full" hydra.run.dir="$OUT/work/full_run" \
+    run.progress=false 2>&1 | tail -60 | tee "$OUT/full.txt"
+fi
+tar czf "$OUT/results.tgz" -C "$OUT/work" . 2>/dev/null
+ls -la "$OUT"
