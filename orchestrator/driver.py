@@ -109,6 +109,7 @@ class Rounds:
         self.cfg, self.store, self.session, self.runlog, self.planner = cfg, store, session, runlog, planner
         self.summary, self.key = runlog.summary, runlog.ctx["measure_key"]
         self.seen: set[str] = set()
+        self.since = datetime.now(timezone.utc)  # rows of other runs after this: measured meanwhile
 
     def run(self) -> None:
         while cells := self.planner.next_round():
@@ -162,7 +163,7 @@ class Rounds:
         for c in cells:
             (mine if self.store.claim(c.cell_id, self.summary.run_id) is None else theirs).append(c)
         if mine:
-            done = self.store.done("none", None)
+            done = self.store.finished_since(self.since, self.summary.run_id)
             for c in [c for c in mine if c.cell_id in done]:
                 self.store.release(c.cell_id, self.summary.run_id)
                 self._done_elsewhere(c)
@@ -182,7 +183,7 @@ class Rounds:
         sweep goes away without them."""
         while cells:
             self.session.idle(1.0)
-            done = self.store.done("none", None)
+            done = self.store.finished_since(self.since, self.summary.run_id)
             for c in [c for c in cells if c.cell_id in done]:
                 self._done_elsewhere(c)
             mine, cells = self._claim([c for c in cells if c.cell_id not in done], quiet=True)

@@ -268,6 +268,11 @@ class Store:
             df = df[df["measure_key"].eq(measure_key)]
         return set(df["cell_id"])
 
+    def finished_since(self, since, run_id: str) -> set[str]:
+        """Cell ids another run wrote a row for after ``since`` (a UTC datetime)."""
+        df = self.read(["cell_id", "run_id", "ended_at"])
+        return set(df.loc[df["ended_at"].gt(pd.Timestamp(since)) & df["run_id"].ne(run_id), "cell_id"])
+
     def measured_otherwise(self, cell_ids: set[str], measure_key: str) -> set[str]:
         """Those of cell_ids whose newest row was measured with other settings (or before
         settings were recorded)."""

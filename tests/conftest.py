@@ -76,3 +76,15 @@ def pytest_sessionfinish(session, exitstatus):
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip themselves where there is no GPU (`-m "not slow"` replaces the default `-m 'not gpu'`)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: run `pytest -m gpu` on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
