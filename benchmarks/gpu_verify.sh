@@ -10,12 +10,17 @@
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_verify}
-STEPS=" ${STEPS:-tests inprocess agreement full} "
+STEPS=" ${STEPS:-imports tests inprocess agreement full} "
 mkdir -p "$OUT/work"
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 step() { echo; echo "=== $(date +%T) $*"; }
 FULL120=(+sweep=full "grid.dtypes=[bfloat16]" "grid.head_dims=[128]")
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+if want imports; then
+  step "what the fork server imports (cumulative seconds, the largest)"
+  python -X importtime -c "import tasks.preload" 2>&1 | sort -t'|' -k2 -n | tail -12 | tee "$OUT/imports.txt"
+  python -c "import time; t=time.time(); import torch; a=time.time(); import tasks.preload; print(f'torch {a-t:.2f} s, preload {time.time()-a:.2f} s')" | tee -a "$OUT/imports.txt"
+fi
 if want tests; then
   step "pytest -m gpu"
   timeout 420 python -m pytest -m gpu tests/ -q -p no:cacheprovider -rs 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt"

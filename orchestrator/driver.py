@@ -215,13 +215,17 @@ def run(cfg, output_dir: str | None = None) -> Summary:
         raise ConfigError(str(exc)) from None
     import os
 
-    from orchestrator import auth
+    from orchestrator import auth, forkserver
 
-    auth.prepare(cfg.cluster.address or os.environ.get("RAY_ADDRESS"), ConfigError)  # before Ray is imported
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    auth.prepare(address, ConfigError)  # before Ray is imported
+    fork = None
+    if cfg.run.isolation == "pool" and not address:  # its imports (seconds) overlap Ray's start
+        fork = forkserver.start(log=os.path.join(output_dir, "cells.log") if output_dir else None)
     from orchestrator.session import Session  # Ray is imported only once the config is known good
 
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
-    with Session(cfg, store, summary, output_dir) as session:
+    with Session(cfg, store, summary, fork) as session:
         planner = planner_for(cfg, session.default_target)
         store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
                                         "config": OmegaConf.to_container(cfg, resolve=True)})
@@ -233,7 +237,10 @@ def run(cfg, output_dir: str | None = None) -> Summary:
         finally:
             summary.wall_s = time.perf_counter() - t0
             store.end_run(summary.run_id)
-    finish(cfg, store, summary, planner, output_dir)
+    try:
+        finish(cfg, store, summary, planner, output_dir)
+    finally:
+        session.wait_closed()
     return summary
 
 

@@ -8,9 +8,9 @@ points, so that nothing another cell does overlaps what this cell measures:
   H100) runs as soon as the child is forked: ``prewarm`` children are started ahead of time
   while earlier cells measure. It launches no GPU work of any size (the H100 showed no change
   in a neighbour's graph-timed medians; see README).
-* **prepare** (inputs, first call) waits until the previous cell has finished its timing, its
-  last measured phase; the previous cell then frees its memory and returns its result. A
-  prepare that runs out of memory meanwhile is tried again once the previous cell is gone.
+* **prepare** (inputs, first call) waits until the previous cell has measured and freed its
+  memory (it then returns its result and exits). A prepare that runs out of memory meanwhile
+  is tried again once the previous cell's process is gone.
 * **measure** (warm-up, kernel check, accuracy, memory pass, timing) waits until the previous
   cell has returned its result; the memory pass also waits until the previous cell's process
   is gone. NVML's device reading leaves out the waiting cells' processes (``tasks.device``).
@@ -110,18 +110,19 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> None:
 
     t_go = time.perf_counter()
     if out.failed and out.cols["status"] == Status.OOM.value:
-        # it prepared while the previous cell still held its memory: alone, it may fit
+        # it prepared while the previous cell's process still held its context: alone, it may fit
         wait_gone(go.get("after_pid"))
+        cellrun.release(None)
         out = cellrun.Outcome(out.cols | {"status": Status.ERROR.value, "error": None})
         with out:
             prepared = cellrun.Prepared(spec, device)
     if not out.failed:
         with out:
             nvml = Nvml(nvml_handle(env["gpu_uuid"])) if HAS_NVML and "gpu_uuid" in env else None
-            out.cols |= cellrun.measure(prepared, nvml, on_timed=lambda: conn.send(("timed",)),
-                                        before_memory=lambda: wait_gone(go.get("after_pid")))
+            out.cols |= cellrun.measure(prepared, nvml, before_memory=lambda: wait_gone(go.get("after_pid")))
             out.cols["status"] = Status.OK.value
-    cellrun.release(prepared)  # the device's memory back before the result: the next cell may need it
+    cellrun.release(prepared)  # the device's memory back before the next cell prepares
+    conn.send(("timed",))
     conn.send(("result", out.done(t_go)))
     os._exit(0)  # no interpreter teardown; the next cell waits until this process is gone
 

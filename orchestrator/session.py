@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from orchestrator import cluster, forkserver
+from orchestrator import cluster
 from orchestrator.cluster import ClusterError
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
 from orchestrator.grid import Cell
@@ -33,13 +33,14 @@ HEARTBEAT_S = 5.0
 
 
 class Session:
-    def __init__(self, cfg, store, summary, output_dir: str | None = None):
-        self.cfg, self.store, self.summary, self.output_dir = cfg, store, summary, output_dir
+    def __init__(self, cfg, store, summary, fork=None):
+        """fork: (address, process) of a fork server the driver started for this machine's devices."""
+        self.cfg, self.store, self.summary, self.fork = cfg, store, summary, fork
         self.pool = cfg.run.isolation == "pool"
         self.slots: list[Slot] = []
         self.launcher = None
-        self.fork = None
         self.owns_ray = False
+        self._closer: threading.Thread | None = None
         self.signum: int | None = None
         self._saved_handlers: dict = {}
         self._beat = 0.0
@@ -51,12 +52,13 @@ class Session:
         c, r = self.cfg.cluster, self.cfg.run
         joining = bool(c.address or os.environ.get("RAY_ADDRESS"))
         if not joining:
-            self._check_host()
+            try:
+                self._check_host()
+            except BaseException:
+                self._stop_fork()
+                raise
         log.info("cluster: %s", "joining the Ray cluster at " + str(c.address or os.environ["RAY_ADDRESS"])
                  if joining else "starting a private Ray cluster on this machine")
-        if self.pool and not joining:
-            log_file = os.path.join(self.output_dir, "cells.log") if self.output_dir else None
-            self.fork = forkserver.start(log=log_file)  # imports torch while Ray starts
         was_up = cluster.ray.is_initialized()
         try:
             line = cluster.connect(c, prestart_workers=not self.pool)
@@ -114,8 +116,11 @@ class Session:
         try:
             if self.launcher is not None:
                 self.launcher.close(self.slots)
-            if self.owns_ray:
+            if self.owns_ray and stopping:
                 cluster.shutdown()
+            elif self.owns_ray:  # the cluster goes down while the dataset is compacted and reported
+                self._closer = threading.Thread(target=cluster.shutdown, name="ray-shutdown")
+                self._closer.start()
         finally:
             self._stop_fork()
             for sig, handler in self._saved_handlers.items():
@@ -126,6 +131,12 @@ class Session:
                         name, sum(self.summary.statuses.values()), self.store.path)
             raise Interrupted(self.signum) from None
         return False
+
+    def wait_closed(self) -> None:
+        """Until the cluster this run started is down."""
+        if self._closer is not None:
+            self._closer.join()
+            self._closer = None
 
     def _stop_fork(self) -> None:
         if self.fork is not None:

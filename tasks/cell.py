@@ -7,10 +7,10 @@ see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
    (host-bound, about 0.4 s on an H100), the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
-3. ``measure``: warm-up, the kernel check, the fp32 accuracy check, the memory pass, then the
+3. ``measure``: warm-up, the memory pass, the fp32 accuracy check, the kernel check, then the
    timing. ``before_memory`` is called before the memory pass (the previous cell's process must
-   be gone for NVML's device reading), ``on_timed`` once the timing is done (the next cell may
-   then prepare: its inputs and first call never share the GPU with this cell's measuring).
+   be gone for NVML's device reading). The next cell prepares only once this one has measured
+   and freed its memory.
 
 The caller gives this process exactly one device (a GPU through ``CUDA_VISIBLE_DEVICES``,
 or the CPU).
@@ -109,30 +109,30 @@ class Prepared:
         self.stack.close()
 
 
-def measure(p: Prepared, nvml: Nvml | None = None, on_timed: Callable = lambda: None,
-            before_memory: Callable = lambda: None) -> dict:
-    """A prepared cell's measured columns: warm-up, the kernel check, the accuracy check, the
-    memory pass, then the timing. Nothing another cell does may overlap the memory pass (its
-    memory) or the timing; ``on_timed`` tells the next cell it may use the GPU again."""
+def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lambda: None) -> dict:
+    """A prepared cell's measured columns, in this order: warm-up (on the stream the graph is
+    captured on), the memory pass, the accuracy check (of the memory pass's output), the kernel
+    check, then the timing. Nothing another cell does overlaps the memory pass or the timing;
+    ``before_memory`` waits until the previous cell's process is gone."""
     m, work, device = p.spec["measure"], p.work, p.device
     protocol = timing.Protocol.of(m)
     warmed = timing.warm(work.step, device, protocol)
+    before_memory()
+    mem, out = timing.measure_memory(work.step, device, nvml) if m["memory"] else ({}, None)
     t0 = time.perf_counter()
+    err = work.check(None if work.train else out) if m["accuracy"] else None
+    del out
+    t1 = time.perf_counter()
     how = m.get("kernels", "ops")
     ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
-    t1 = time.perf_counter()
-    err = work.check() if m["accuracy"] else None
     t2 = time.perf_counter()
-    before_memory()
-    mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
     t = timing.timed(work.step, device, protocol, warmed)
     t["warmup_iters"] += 1  # the first call, made in prepare
     t["warmup_s"] += p.first_call_s
-    on_timed()
     return {
         **p.cols, **t, **mem, **ran,
-        "kernels_s": t1 - t0 if how != "off" else None,
-        "accuracy_s": t2 - t1 if m["accuracy"] else None,
+        "accuracy_s": t1 - t0 if m["accuracy"] else None,
+        "kernels_s": t2 - t1 if how != "off" else None,
         "rel_error": err,
         "flops": work.flops,
         "bytes": work.bytes,
@@ -147,9 +147,6 @@ def release(prepared: Prepared | None) -> None:
         prepared.close()
         prepared.work = None
     if torch.cuda.is_initialized():
-        import gc
-
-        gc.collect()
         torch.cuda.empty_cache()
 
 

@@ -41,7 +41,7 @@ _Z95 = 1.96
 class Protocol:
     """The measurement settings that decide the timing (conf `measure.*`)."""
 
-    warmup_iters: int = 2
+    warmup_iters: int = 1
     warmup_ms: float = 25.0
     budget_ms: float = 100.0
     min_iters: int = 3
@@ -122,7 +122,8 @@ class Timer:
 
 def warm_up(timer: Timer, fn: Callable, p: Protocol) -> tuple[dict, list[float]]:
     """Call fn until warmup_iters calls and warmup_ms have passed, each waited for; return the
-    warm-up columns and the per-call times (the host-inclusive samples)."""
+    warm-up columns and the per-call times (the host-inclusive samples). Called on the stream
+    the graph will be captured on, so that the capture needs no call of its own."""
     t0 = time.perf_counter()
     samples: list[float] = []
     while len(samples) < p.warmup_iters or (time.perf_counter() - t0) * 1e3 < p.warmup_ms:
@@ -130,19 +131,14 @@ def warm_up(timer: Timer, fn: Callable, p: Protocol) -> tuple[dict, list[float]]
     return {"warmup_iters": len(samples), "warmup_s": time.perf_counter() - t0}, samples
 
 
-def capture(fn: Callable, device: torch.device):
-    """fn captured in a CUDA graph (after one call on the capture stream), or the reason it cannot be."""
-    stream = torch.cuda.Stream(device)
+def capture(fn: Callable, device: torch.device, stream):
+    """fn captured in a CUDA graph on the (warmed) stream, or the reason it cannot be."""
     stream.wait_stream(torch.cuda.current_stream(device))
     try:
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
             out = fn()
-        graph.replay()
-        _sync(device)
+        torch.cuda.current_stream(device).wait_stream(stream)
         return graph, out, None
     except Exception as exc:  # a call that syncs, a backend that refuses capture
         with contextlib.suppress(Exception):
@@ -170,25 +166,33 @@ def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol) -> tuple
         batch = max(1, min(len(ms), left, p.max_iters - len(ms)))  # double, within the budget
 
 
-def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[dict, list[float]]:
-    """The warm-up alone (its L2-flush buffer freed after): its columns and the host samples."""
+def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[dict, list[float], object]:
+    """The warm-up alone (its L2-flush buffer freed after): its columns, the host samples, and
+    the stream it ran on (the capture's)."""
     timer = Timer(device, p.flush_l2)
+    stream = torch.cuda.Stream(device) if timer.cuda else None
     try:
-        return warm_up(timer, fn, p)
+        if stream is None:
+            return (*warm_up(timer, fn, p), None)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            cols, host = warm_up(timer, fn, p)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        return cols, host, stream
     finally:
         timer.close()
 
 
-def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple[dict, list[float]]) -> dict:
+def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple) -> dict:
     """After ``warm``: capture, time by the protocol above; the row's timing columns."""
-    cols, host = warmed
+    cols, host, stream = warmed
     timer = Timer(device, p.flush_l2)
     t0 = time.perf_counter()
     est_s = statistics.median(host) / 1e3
     graph, out, note = None, None, None
     if timer.cuda:
         if p.method in ("auto", "graph"):
-            graph, out, note = capture(fn, device)
+            graph, out, note = capture(fn, device, stream)
         else:
             note = f"measure.method={p.method}"
     method = "cuda_graph" if graph is not None else ("cuda_events" if timer.cuda else "cpu_clock")
@@ -233,15 +237,14 @@ def quiet_profiler():
                     sys.stderr.write(line)
 
 
-def cpu_peak_bytes(fn: Callable) -> int:
+def cpu_peak_bytes(fn: Callable) -> tuple[int, object]:
     """Peak of what one call allocates on the CPU, from the profiler's allocator events
-    (the CPU allocator keeps no peak statistics of its own)."""
+    (the CPU allocator keeps no peak statistics of its own); and the call's output."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
-    del out
     events = prof.profiler.kineto_results.events()
     deltas = sorted(
         (e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
@@ -250,20 +253,22 @@ def cpu_peak_bytes(fn: Callable) -> int:
     for _, nbytes in deltas:
         now += nbytes
         peak = max(peak, now)
-    return peak
+    return peak, out
 
 
-def measure_memory(fn: Callable, device: torch.device, nvml=None) -> dict:
+def measure_memory(fn: Callable, device: torch.device, nvml=None) -> tuple[dict, object]:
     """Peak memory of one call, in a pass of its own: PyTorch's figures above what was
     allocated before (the inputs) and, on a GPU with ``nvml`` (a ``device.Nvml``), NVML's
-    readings of the device and of this process right before and right after the call.
+    readings of the device and of this process right before and right after the call; and
+    the call's output (the accuracy check reads it).
 
     In fwd_bwd the call is a forward and a backward, so the peak holds what autograd saves.
     On the CPU only the peak above what existed before is known (the inputs are not counted).
     """
     t0 = time.perf_counter()
     if device.type != "cuda":
-        return {"peak_allocated_bytes": cpu_peak_bytes(fn), "memory_s": time.perf_counter() - t0}
+        peak, out = cpu_peak_bytes(fn)
+        return {"peak_allocated_bytes": peak, "memory_s": time.perf_counter() - t0}, out
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -281,5 +286,4 @@ def measure_memory(fn: Callable, device: torch.device, nvml=None) -> dict:
     if nvml:
         cols |= {"nvml_used_before_bytes": used_before, "nvml_used_peak_bytes": nvml.device_used(),
                  "nvml_process_peak_bytes": nvml.process_used()}
-    del out
-    return cols | {"memory_s": time.perf_counter() - t0}
+    return cols | {"memory_s": time.perf_counter() - t0}, out

@@ -22,7 +22,7 @@ class Work:
     step: Callable[[], object]  # what gets timed: a forward, or a forward and backward
     flops: float  # per step, by FLOPS_CONVENTION
     bytes: float  # fewest bytes a step moves through memory, by the same convention
-    check: Callable[[], float]  # relative error of the output against an fp32 reference
+    check: Callable[..., float]  # relative error of the output (given, or a new call's) against fp32
     pinned: Callable  # context that pins the backend while the step runs
     train: bool  # autograd on (fwd_bwd) or inference mode (fwd)
     flops_convention: str = FLOPS_CONVENTION  # how this workload counts flops

@@ -3,9 +3,9 @@
 from conftest import ensure_ray, make_cfg
 
 from orchestrator.capability import reason
+from orchestrator.driver import run
 from orchestrator.grid import Cell, expand
 from orchestrator.store import Store
-from orchestrator.driver import run
 
 
 def cell(backend, dtype="float16", head_dim=64, target="T4"):

@@ -112,8 +112,8 @@ def test_capacity_config_is_validated():
 def test_capacity_run_for_real(tmp_path):
     """Real trials on the CPU, where the memory limit stands in for the GPU's OOM: math's
     N x N scores meet the limit long before flash's linear memory does."""
-    from orchestrator.store import Store
     from orchestrator.driver import run
+    from orchestrator.store import Store
 
     ensure_ray(0)
     store, out = tmp_path / "results", tmp_path / "out"

@@ -5,6 +5,7 @@ row_id once, a clean exit, none of the run's processes left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,9 +13,7 @@ import sys
 import time
 import uuid
 
-import duckdb
 import pandas as pd
-import polars as pl
 import psutil
 import pyarrow.dataset as ds
 import pytest
@@ -23,6 +22,9 @@ from conftest import ROOT, make_cfg, run_cli
 from orchestrator.config import ConfigError
 from orchestrator.driver import plan, run
 from orchestrator.store import Store
+
+duckdb = pytest.importorskip("duckdb")  # test dependencies ('.[test]'); a GPU machine may lack them
+pl = pytest.importorskip("polars")
 
 READERS = {
     "pandas": lambda p: pd.read_parquet(p)["row_id"].tolist(),
@@ -96,9 +98,10 @@ def test_concurrent_sweeps_never_measure_a_cell_twice(tmp_path, n):
     store = tmp_path / "results"
     grids = ["grid.seq_lens=[64,80,96,112,128,144]", "grid.seq_lens=[96,112,128,144,160,176]",
              "grid.seq_lens=[128,144,160,176,192,208]"][:n]
-    procs = [cli(*LONG, g, f"store.path={store}", f"hydra.run.dir={tmp_path / f'run{i}'}") for i, g in enumerate(grids)]
+    procs = [cli(*LONG, g, f"store.path={store}", f"hydra.run.dir={tmp_path / f'run{i}'}")
+             for i, g in enumerate(grids)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert "Traceback" not in err
     cells = len({s for g in grids for s in g.split("[")[1].rstrip("]").split(",")}) * 2
@@ -113,7 +116,7 @@ def test_claims_are_taken_over_from_a_dead_sweep(tmp_path):
     assert s.claim("c1", "run-a") is None
     assert s.claim("c1", "run-b")["run_id"] == "run-a"  # held by a live run (this process)
     claim = s.meta / "claims" / "c1"
-    claim.write_text('{"run_id": "run-a", "host": "%s", "pid": 999999999, "since": 0}' % os.uname().nodename)
+    claim.write_text(json.dumps({"run_id": "run-a", "host": os.uname().nodename, "pid": 999999999, "since": 0}))
     assert s.claim("c1", "run-b") is None  # its process is gone: taken over
     s.release("c1", "run-b")
     assert not claim.exists()

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, ensure_ray, make_cfg
 
-from orchestrator.store import Store
 from orchestrator.driver import run
+from orchestrator.store import Store
 
 EXPECTED = {  # backend: (status, words in the error, attempts with run.retries=1)
     "math": ("ok", None, 1),

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 from conftest import ensure_ray, make_cfg, run_cli
 
+from orchestrator.driver import run
 from orchestrator.grid import expand
 from orchestrator.rows import COLUMNS
 from orchestrator.store import Store
-from orchestrator.driver import run
 
 REQUIRED = ["cell_id", "sweep_name", "backend", "seq_len", "batch_size", "num_heads", "head_dim", "dtype", "causal",
             "status", "error", "median_ms", "p10_ms", "p90_ms", "tflops", "rel_error", "peak_allocated_bytes",

@@ -187,8 +187,8 @@ def test_encoder_workload_config_composes():
 
 def test_encoder_sweep_both_modes(tmp_path):
     """A real sweep: Hydra config, Ray, a forked process per cell, parquet."""
-    from orchestrator.store import Store
     from orchestrator.driver import run
+    from orchestrator.store import Store
 
     ensure_ray(0)
     cfg = make_cfg("+sweep=smoke", "workload=encoder", "grid.backends=[math,flash]", "grid.seq_lens=[32]",
@@ -280,7 +280,7 @@ def test_cpu_memory_pass_keeps_stderr_clean_of_profiler_chatter_only(capfd):
         os.write(2, b"a message from the call\n")
         return torch.ones(1000, 1000)
 
-    peak = timing.cpu_peak_bytes(call)
+    peak, _ = timing.cpu_peak_bytes(call)
     err = capfd.readouterr().err
     assert peak >= 4_000_000
     assert "a message from the call" in err and "USDT:" not in err and "STAGE:" not in err
