@@ -23,7 +23,8 @@ if want imports; then
 fi
 if want tests; then
   step "pytest -m gpu"
-  timeout 420 python -m pytest -m gpu tests/ -q -p no:cacheprovider -rs 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt"
+  timeout 420 python -m pytest -m gpu tests/ -q -p no:cacheprovider -rs > "$OUT/gpu_tests.txt" 2>&1
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.txt"
 fi
 if want inprocess; then
   step "inprocess: the sweep against a do_bench loop"

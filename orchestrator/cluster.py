@@ -165,14 +165,6 @@ def resources() -> Resources:
     return r
 
 
-def where() -> dict:
-    """The calling Ray worker's node and the GPU ids Ray gave it."""
-    ctx = ray.get_runtime_context()
-    gpus = ctx.get_accelerator_ids().get("GPU", [])
-    return {"node_id": ctx.get_node_id(), "visible_devices": ",".join(gpus) if gpus else None,
-            "host": socket.gethostname()}
-
-
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()

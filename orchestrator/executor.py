@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,11 +27,11 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.queue import Queue
 
-from orchestrator import forkserver
-from orchestrator.cluster import ClusterError, where
+from orchestrator.cluster import ClusterError
 from orchestrator.grid import Cell
-from orchestrator.isolation import ForkRunner, failure
+from orchestrator.isolation import failure
 from orchestrator.rows import RETRYABLE, Status
+from orchestrator.workers import DeviceWorker, probe_task, run_task
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +55,6 @@ class Slot:
 
 
 # ----------------------------------------------------------------------------- pool
-
-
-@ray.remote(max_concurrency=8)
-class DeviceWorker:
-    """Owns one device for the whole sweep; runs each cell in a fresh forked child."""
-
-    def __init__(self, address: str | None, device: str, dtypes: list[str], prewarm: int, start_timeout_s: float):
-        self.server = None
-        if not address or not os.path.exists(address):  # another host: a fork server of our own
-            address, self.server = forkserver.start()
-        self.where = where()
-        self.runner = ForkRunner(address, device, self.where["visible_devices"], dtypes, prewarm, start_timeout_s)
-
-    def probe(self) -> dict:
-        t0 = time.perf_counter()
-        info = self.runner.probe()
-        return info | self.where | {"probe_s": time.perf_counter() - t0}
-
-    def run(self, spec: dict, timeout_s: float) -> dict:
-        return self.runner.run(spec, timeout_s) | {"node_id": self.where["node_id"],
-                                                   "cuda_visible_devices": self.where["visible_devices"]}
 
 
 class PoolLauncher:
@@ -121,31 +99,6 @@ class PoolLauncher:
 
 
 # ----------------------------------------------------------------------------- task
-
-
-@ray.remote(max_calls=1, max_retries=0)
-def run_task(spec: dict, queue) -> dict:
-    """The plain Ray way: this worker process measures the cell, then exits."""
-    import tasks.preload  # noqa: F401  (imports counted as start-up, as in pool mode)
-    from tasks.cell import run_cell
-
-    here = where()
-    result = run_cell(spec, on_ready=lambda: queue.put(("ready", spec["token"], time.time())))
-    return result | {"node_id": here["node_id"], "cuda_visible_devices": here["visible_devices"]}
-
-
-@ray.remote(max_calls=1, max_retries=0)
-def probe_task(device: str, dtypes: list[str]) -> dict:
-    """A device's environment and ceilings, in task mode (one task per device, all at once)."""
-    import tasks.preload  # noqa: F401
-    from tasks import ceilings
-    from tasks.cell import start_device
-
-    try:
-        dev, env = start_device(device, dtypes)
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]} | where()
-    return {"env": env, "ceilings": ceilings.measure(dtypes, dev)} | where()
 
 
 class TaskLauncher:

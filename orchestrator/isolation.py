@@ -253,6 +253,19 @@ class ForkRunner:
         return result
 
     def _run(self, turn: Turn, spec: dict, timeout_s: float, started: float) -> dict:
+        try:
+            return self._attempt(turn, spec, timeout_s, started)
+        except StartFailed:  # a waiting process could not start (no memory beside a large cell): once more, alone
+            turn.child.close()
+            turn.wait_prev("released")
+            turn.child = self._fork(start=False)
+        try:
+            return self._attempt(turn, spec, timeout_s, started)
+        except StartFailed as exc:
+            return failure(Status.ERROR.value, f"the cell's process could not start its device: {exc}", started,
+                           turn.child.pid)
+
+    def _attempt(self, turn: Turn, spec: dict, timeout_s: float, started: float) -> dict:
         child = turn.child
         child.send("cell", spec)
         turn.wait_prev("gpu_free")
@@ -283,9 +296,6 @@ class ForkRunner:
             else:
                 why = f"no result within the deadline of {timeout_s:g} s"
             return failure(Status.TIMEOUT.value, f"{why}; child killed", started, child.pid)
-        except StartFailed as exc:
-            return failure(Status.ERROR.value, f"the cell's process could not start its device: {exc}", started,
-                           child.pid)
         except (EOFError, OSError):
             code = child.exit_code()
             return failure(Status.CRASHED.value, f"cell process {describe_exit(code)}", started, child.pid)

@@ -55,27 +55,21 @@ def wait_gone(pid: int | None, timeout_s: float = 60.0) -> None:
         time.sleep(0.001)
 
 
-def siblings() -> set[int]:
-    """Live processes with this process's parent: in pool mode, the sweep's other cell processes
-    of the same fork server (the ones waiting for their turn, holding a CUDA context)."""
-    ppid, me, out = os.getppid(), os.getpid(), set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != me:
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
-                        out.add(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class Nvml:
     """NVML readings of this process's GPU.
 
     ``device_used``: the device's used memory less what NVML attributes to this sweep's other
-    cell processes on it (waiting cells hold their CUDA contexts while this one measures), read
-    until two looks at those processes agree (one may be starting its context just then).
+    cell processes on it (the fork server's other children: waiting cells hold their CUDA
+    contexts while this one measures), read until two looks at the device's processes agree
+    (one may be starting its context just then).
     ``process_used``: what NVML attributes to this process alone.
     """
 
@@ -92,7 +86,7 @@ class Nvml:
     def device_used(self, tries: int = 50) -> int:
         if not self.exclude:
             return pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
-        others = siblings()
+        me, parent = os.getpid(), os.getppid()
         for _ in range(tries):
             a = self._procs()
             used = pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
@@ -100,7 +94,8 @@ class Nvml:
             if a == b:
                 break
             time.sleep(0.002)
-        return used - sum(v for pid, v in b.items() if pid in others)
+        siblings = [pid for pid in b if pid != me and _ppid(pid) == parent]  # this sweep's waiting cells
+        return used - sum(b[pid] for pid in siblings)
 
 
 def cpu_name() -> str:

@@ -139,7 +139,7 @@ def test_a_gpu_sweep_pipelines_cells_and_keeps_their_memory_apart(tmp_path):
     from orchestrator.driver import run
 
     ensure_ray(torch.cuda.device_count())
-    s = run(make_cfg("+sweep=seed", "grid.backends=[flash,cudnn,math]", "grid.seq_lens=[256,1024,4096]",
+    s = run(make_cfg("+sweep=seed", "grid.backends=[flash,cudnn,math]", "grid.seq_lens=[256,1024,2048]",
                      "run.prewarm=2", store=tmp_path / "r"))
     df = pd.read_parquet(tmp_path / "r")
     assert s.statuses == {"ok": 9} and (df.timing_method == "cuda_graph").all()

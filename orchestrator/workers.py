@@ -1,0 +1,68 @@
+"""What runs in Ray's worker processes: the device actor (pool mode) and the per-cell task
+(task mode). Kept apart, with few imports, because every worker process imports this module
+before it can start: a lighter module is a faster start of every device."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import ray
+
+from orchestrator import forkserver
+from orchestrator.isolation import ForkRunner
+
+
+def where() -> dict:
+    """The calling Ray worker's node and the GPU ids Ray gave it."""
+    ctx = ray.get_runtime_context()
+    gpus = ctx.get_accelerator_ids().get("GPU", [])
+    return {"node_id": ctx.get_node_id(), "visible_devices": ",".join(gpus) if gpus else None,
+            "host": socket.gethostname()}
+
+
+@ray.remote(max_concurrency=8)
+class DeviceWorker:
+    """Owns one device for the whole sweep; runs each cell in a fresh forked child."""
+
+    def __init__(self, address: str | None, device: str, dtypes: list[str], prewarm: int, start_timeout_s: float):
+        self.server = None
+        if not address or not os.path.exists(address):  # another host: a fork server of our own
+            address, self.server = forkserver.start()
+        self.where = where()
+        self.runner = ForkRunner(address, device, self.where["visible_devices"], dtypes, prewarm, start_timeout_s)
+
+    def probe(self) -> dict:
+        t0 = time.perf_counter()
+        info = self.runner.probe()
+        return info | self.where | {"probe_s": time.perf_counter() - t0}
+
+    def run(self, spec: dict, timeout_s: float) -> dict:
+        return self.runner.run(spec, timeout_s) | {"node_id": self.where["node_id"],
+                                                   "cuda_visible_devices": self.where["visible_devices"]}
+
+
+@ray.remote(max_calls=1, max_retries=0)
+def run_task(spec: dict, queue) -> dict:
+    """The plain Ray way: this worker process measures the cell, then exits."""
+    import tasks.preload  # noqa: F401  (imports counted as start-up, as in pool mode)
+    from tasks.cell import run_cell
+
+    here = where()
+    result = run_cell(spec, on_ready=lambda: queue.put(("ready", spec["token"], time.time())))
+    return result | {"node_id": here["node_id"], "cuda_visible_devices": here["visible_devices"]}
+
+
+@ray.remote(max_calls=1, max_retries=0)
+def probe_task(device: str, dtypes: list[str]) -> dict:
+    """A device's environment and ceilings, in task mode (one task per device, all at once)."""
+    import tasks.preload  # noqa: F401
+    from tasks import ceilings
+    from tasks.cell import start_device
+
+    try:
+        dev, env = start_device(device, dtypes)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]} | where()
+    return {"env": env, "ceilings": ceilings.measure(dtypes, dev)} | where()
