@@ -106,7 +106,7 @@ def _serve(conn) -> None:
 
 
 def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> None:
-    from tasks.device import HAS_NVML, Nvml, nvml_handle, wait_gone
+    from tasks.device import HAS_NVML, Nvml, nvml_handle, wait_gone, wait_released
 
     t_go = time.perf_counter()
     if out.failed and out.cols["status"] == Status.OOM.value:
@@ -119,7 +119,13 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> None:
     if not out.failed:
         with out:
             nvml = Nvml(nvml_handle(env["gpu_uuid"])) if HAS_NVML and "gpu_uuid" in env else None
-            out.cols |= cellrun.measure(prepared, nvml, before_memory=lambda: wait_gone(go.get("after_pid")))
+            prev = go.get("after_pid")
+
+            def previous_gone():
+                wait_gone(prev)
+                wait_released(nvml, prev)
+
+            out.cols |= cellrun.measure(prepared, nvml, before_memory=previous_gone)
             out.cols["status"] = Status.OK.value
     cellrun.release(prepared)  # the device's memory back before the next cell prepares
     conn.send(("timed",))

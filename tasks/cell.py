@@ -7,10 +7,10 @@ see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
    (host-bound, about 0.4 s on an H100), the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
-3. ``measure``: warm-up and timing, the memory pass, the fp32 accuracy check, the kernel check.
-   ``before_memory`` is called before the memory pass (the previous cell's process must be gone
-   for NVML's device reading). The next cell prepares only once this one has measured and
-   freed its memory.
+3. ``measure``: warm-up, the memory pass, the fp32 accuracy check, the kernel check, then the
+   timing. ``before_memory`` is called before the memory pass (the previous cell's process and
+   memory must be gone for NVML's device reading). The next cell prepares only once this one
+   has measured and freed its memory.
 
 The caller gives this process exactly one device (a GPU through ``CUDA_VISIBLE_DEVICES``,
 or the CPU).
@@ -110,15 +110,14 @@ class Prepared:
 
 
 def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lambda: None) -> dict:
-    """A prepared cell's measured columns, in this order: warm-up (on the stream the graph is
-    captured on), the timing, the memory pass, the accuracy check (of the memory pass's output),
-    the kernel check. Nothing another cell does overlaps the timing or the memory pass;
-    ``before_memory`` waits until the previous cell's process is gone (by then it is, mostly)."""
+    """A prepared cell's measured columns, in this order: warm-up (on the stream the graph will
+    be captured on), the memory pass, the accuracy check (of the memory pass's output), the
+    kernel check, then the timing. The memory pass comes before anything of the timing exists
+    (its flush buffer, its graph); ``before_memory`` waits until the previous cell's process and
+    its memory are gone. Nothing another cell does overlaps the memory pass or the timing."""
     m, work, device = p.spec["measure"], p.work, p.device
     protocol = timing.Protocol.of(m)
-    t = timing.timed(work.step, device, protocol, timing.warm(work.step, device, protocol))
-    t["warmup_iters"] += 1  # the first call, made in prepare
-    t["warmup_s"] += p.first_call_s
+    warmed = timing.warm(work.step, device, protocol)
     before_memory()
     mem, out = timing.measure_memory(work.step, device, nvml) if m["memory"] else ({}, None)
     t0 = time.perf_counter()
@@ -127,10 +126,14 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     t1 = time.perf_counter()
     how = m.get("kernels", "ops")
     ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
+    t2 = time.perf_counter()
+    t = timing.timed(work.step, device, protocol, warmed)
+    t["warmup_iters"] += 1  # the first call, made in prepare
+    t["warmup_s"] += p.first_call_s
     return {
         **p.cols, **t, **mem, **ran,
         "accuracy_s": t1 - t0 if m["accuracy"] else None,
-        "kernels_s": time.perf_counter() - t1 if how != "off" else None,
+        "kernels_s": t2 - t1 if how != "off" else None,
         "rel_error": err,
         "flops": work.flops,
         "bytes": work.bytes,

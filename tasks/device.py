@@ -42,7 +42,7 @@ def _text(x) -> str:
 
 def wait_gone(pid: int | None, timeout_s: float = 60.0) -> None:
     """Wait until process `pid` has exited: the previous cell on this device, whose GPU
-    memory must be released before this cell reads NVML (a zombie has released it)."""
+    memory must be released before this cell reads NVML."""
     deadline = time.monotonic() + timeout_s
     while pid and time.monotonic() < deadline:
         try:
@@ -53,6 +53,20 @@ def wait_gone(pid: int | None, timeout_s: float = 60.0) -> None:
         if state in ("Z", "X"):
             return
         time.sleep(0.001)
+
+
+def wait_released(nvml: Nvml | None, pid: int | None, timeout_s: float = 2.0) -> None:
+    """After ``wait_gone``: until NVML no longer lists `pid` on this GPU and the device's used
+    memory has stopped falling (the driver frees an exited process's memory a moment later)."""
+    if nvml is None or not pid:
+        return
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        used = pynvml.nvmlDeviceGetMemoryInfo(nvml.handle).used
+        if pid not in nvml._procs() and last is not None and abs(used - last) < (4 << 20):
+            return
+        last = used
+        time.sleep(0.005)
 
 
 def _ppid(pid: int) -> int | None:

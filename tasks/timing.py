@@ -208,7 +208,9 @@ def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple) -> dic
         "launch_overhead_ms": max(0.0, host_med - stats["median_ms"]) if host_med is not None else None,
         "timing_s": cols["warmup_s"] + time.perf_counter() - t0,
     }
-    del graph, out  # the graph's memory pool goes with it
+    if graph is not None:
+        graph.reset()  # the graph and its private memory pool go now, not whenever it is collected
+    del graph, out
     timer.close()
     return cols
 

@@ -111,7 +111,7 @@ def test_nvml_memory_is_the_kernels_not_the_accuracy_references():
     row = run_cell(spec("flash", seq=16384) | {"batch_size": 1})
     assert row["status"] == "ok", row["error"]
     reserved, ctx = row["peak_reserved_bytes"], row["nvml_context_bytes"]
-    assert reserved < 1 << 30 and ctx > 100 << 20
+    assert reserved < 3 * row["inputs_bytes"] and ctx > 100 << 20  # q, k, v, the output: no reference
     assert 0 <= row["nvml_used_peak_bytes"] - row["nvml_used_before_bytes"] <= reserved + (64 << 20)
     assert ctx <= row["nvml_process_peak_bytes"] <= reserved + ctx + (512 << 20)
     assert row["nvml_used_peak_bytes"] < row["nvml_process_peak_bytes"] + (1 << 30)
@@ -124,7 +124,7 @@ def test_ceilings_and_shares_are_plausible():
     assert 100 < c["tflops"]["bfloat16"] < 5000 and c["tflops"]["float32"] < c["tflops"]["bfloat16"]
     assert 500 < c["gbps"] < 20000 and c["seconds"] < 5
     row = run_cell(spec("cudnn", seq=8192))
-    shares = ceilings.shares(row, c)
+    shares = ceilings.shares({**row, "dtype": "bfloat16"}, c)  # the driver adds the cell's parameters
     assert 1 < shares["pct_of_compute_ceiling"] < 100
     assert 0 < shares["pct_of_bandwidth_ceiling"] < 100
 
