@@ -41,19 +41,22 @@ def console() -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    """Hydra and OmegaConf errors span lines (and hide the cause): the gist, with its key."""
+    """Hydra and OmegaConf errors span lines and chain causes: the gist, with its key and where
+    it came from (the command line, or the YAML file), on one line."""
     parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
+    while exc is not None and id(exc) not in seen and len(parts) < 2:
         seen.add(id(exc))
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
         text = " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type=")))
+        text = text.split(" Config search path:")[0].split(" See https://hydra.cc")[0].replace("\t", " ")
+        text = text.replace("Error merging override ", "command line: ")
         if key and key not in text:
             text = f"{key}: {text}"
-        if text and text not in parts:
+        if text and text != "None" and "$VALUE" not in text and not any(text in p for p in parts):
             parts.append(text)
         exc = exc.__cause__ or exc.__context__
-    return " | ".join(parts).replace("\t", " ")
+    return " | ".join(parts)
 
 
 def run(app: Callable[[], None]) -> None:

@@ -97,7 +97,7 @@ class RunLog:
             self.store.append([row])  # durable before the cell counts as done
         except OSError as exc:
             raise StoreWriteError(f"{self.store.path}: {exc.strerror or exc}") from None
-        self.store.release(cell.cell_id, self.summary.run_id)
+        self.store.claims.release(cell.cell_id, self.summary.run_id)
         self.summary.count(row)
         return row
 
@@ -161,11 +161,11 @@ class Rounds:
         there: claim first, then look again."""
         mine, theirs = [], []
         for c in cells:
-            (mine if self.store.claim(c.cell_id, self.summary.run_id) is None else theirs).append(c)
+            (mine if self.store.claims.claim(c.cell_id, self.summary.run_id) is None else theirs).append(c)
         if mine:
             done = self.store.finished_since(self.since, self.summary.run_id)
             for c in [c for c in mine if c.cell_id in done]:
-                self.store.release(c.cell_id, self.summary.run_id)
+                self.store.claims.release(c.cell_id, self.summary.run_id)
                 self._done_elsewhere(c)
             mine = [c for c in mine if c.cell_id not in done]
         if theirs and not quiet:
@@ -236,7 +236,7 @@ def run(cfg, output_dir: str | None = None) -> Summary:
             rounds.run()
         finally:
             summary.wall_s = time.perf_counter() - t0
-            store.end_run(summary.run_id)
+            store.claims.end_run(summary.run_id)
     try:
         finish(cfg, store, summary, planner, output_dir)
     finally:

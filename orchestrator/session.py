@@ -223,7 +223,7 @@ class Session:
         now = time.monotonic()
         if now - self._beat > HEARTBEAT_S:
             self._beat = now
-            self.store.heartbeat(self.summary.run_id)
+            self.store.claims.heartbeat(self.summary.run_id)
 
     def idle(self, seconds: float) -> None:
         self.tick()

@@ -7,9 +7,9 @@
   host or several sharing the folder) and a journal (a kill at any instant is finished or
   undone by the next store operation; repeated ``row_id``s are dropped).
 * Everything else lives beside the dataset, in ``<path>.meta/``: run configs (``runs/``), claims
-  of cells being measured (``claims/``, so that sweeps sharing a store never measure a cell twice
-  at once), the compaction lock and journal, temporary files, and files that are not readable
-  rows (``unreadable/``).
+  of cells being measured (``claims/``, ``claims.py``: sweeps sharing a store never measure a
+  cell twice at once), the compaction lock and journal, temporary files, and files that are not
+  readable rows (``unreadable/``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -30,14 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator import rows
+from orchestrator.claims import HOST, Claims, alive
 from orchestrator.rows import FAILED, STATUSES
 
 log = logging.getLogger(__name__)
 _TYPES = {"string": pa.string(), "int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(),
           "timestamp": pa.timestamp("us", tz="UTC")}
 SCHEMA = pa.schema([(c.name, _TYPES[c.type]) for c in rows.COLUMNS])
-CLAIM_STALE_S = 90.0  # a claim whose sweep has not shown signs of life for this long is taken over
-HOST = socket.gethostname()
 
 
 class StoreError(OSError):
@@ -77,18 +75,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(host: str, pid: int) -> bool:
-    if host != HOST:
-        return True  # another machine's process: only its heartbeat can tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_point(step: str) -> None:
     """Tests kill the process at a named step (``ATTN_SWEEP_KILL_AT``) to prove every step safe."""
     if os.environ.get("ATTN_SWEEP_KILL_AT") == step:
@@ -99,6 +85,7 @@ class Store:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.meta = self.path.with_name(self.path.name + ".meta")
+        self.claims = Claims(self.meta)
 
     # ------------------------------------------------------------------ set-up, checks, recovery
 
@@ -158,7 +145,7 @@ class Store:
         for f in tmp.glob("*.tmp") if tmp.is_dir() else []:
             host, _, rest = f.name.partition("~")
             pid = rest.split("~", 1)[0]
-            dead = host == HOST and pid.isdigit() and not _alive(host, int(pid))
+            dead = host == HOST and pid.isdigit() and not alive(host, int(pid))
             if dead or time.time() - f.stat().st_mtime > 86400:
                 f.unlink(missing_ok=True)
 
@@ -341,65 +328,9 @@ class Store:
     def _stale_lock(path: Path) -> bool:
         try:
             owner = json.loads(path.read_text())
-            return not _alive(owner["host"], owner["pid"]) or time.time() - owner["since"] > 3600
+            return not alive(owner["host"], owner["pid"]) or time.time() - owner["since"] > 3600
         except (OSError, ValueError, KeyError):
             return time.time() - path.stat().st_mtime > 60 if path.exists() else True
-
-    # ------------------------------------------------------------------ claims: sweeps sharing a store
-
-    def heartbeat(self, run_id: str) -> None:
-        """This run is alive (its claims hold). Called every few seconds by the running sweep."""
-        path = self.meta / "alive" / run_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-
-    def claim(self, cell_id: str, run_id: str) -> dict | None:
-        """Claim a cell for this run. Returns None when claimed, or the other owner's record when
-        a live sweep holds it (a claim of a dead or silent sweep is taken over)."""
-        path = self.meta / "claims" / cell_id
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self.claim_owner(cell_id)
-                if owner is None:
-                    continue  # released meanwhile
-                if owner.get("run_id") == run_id or not self._owner_alive(owner):
-                    path.unlink(missing_ok=True)
-                    continue
-                return owner
-            os.write(fd, json.dumps({"run_id": run_id, "host": HOST, "pid": os.getpid(),
-                                     "since": time.time()}).encode())
-            os.close(fd)
-            return None
-        return self.claim_owner(cell_id) or {"run_id": "?"}
-
-    def claim_owner(self, cell_id: str) -> dict | None:
-        try:
-            return json.loads((self.meta / "claims" / cell_id).read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"run_id": "?", "host": "?", "pid": 0, "since": 0.0}
-
-    def _owner_alive(self, owner: dict) -> bool:
-        if owner.get("host") == HOST and not _alive(HOST, int(owner.get("pid", 0))):
-            return False
-        beat = self.meta / "alive" / str(owner.get("run_id"))
-        last = beat.stat().st_mtime if beat.exists() else owner.get("since", 0.0)
-        return time.time() - last < CLAIM_STALE_S
-
-    def release(self, cell_id: str, run_id: str) -> None:
-        owner = self.claim_owner(cell_id)
-        if owner is not None and owner.get("run_id") == run_id:
-            (self.meta / "claims" / cell_id).unlink(missing_ok=True)
-
-    def end_run(self, run_id: str) -> None:
-        """Drop the run's heartbeat and any claim it still holds."""
-        for path in (self.meta / "claims").glob("*"):
-            if (self.claim_owner(path.name) or {}).get("run_id") == run_id:
-                path.unlink(missing_ok=True)
-        (self.meta / "alive" / run_id).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ run records
 

@@ -95,3 +95,29 @@ def test_cli_stops_before_any_work(tmp_path: Path, args, words):
     assert "Traceback" not in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
     assert not store.exists() or not list(store.glob("*.parquet"))
+
+
+@pytest.mark.parametrize("args,words", [
+    (["grid.seq_lens=[128,abc]"], "grid.seq_lens[1]"),  # a wrong type
+    (["grid.unknown_axis=[1]"], "grid.unknown_axis"),  # an unknown key
+    (["+sweep=nonexistent"], "sweep/nonexistent"),  # a missing config group option
+    (["grid.seq_lens=[128"], "[128"),  # an override that does not parse
+    (["+sweep=broken"], "broken.yaml"),  # a YAML syntax error, in a config file of the search path
+])
+def test_hydra_mistakes_are_one_line_naming_the_key_or_file(tmp_path: Path, args, words):
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "broken.yaml").write_text("grid:\n  seq_lens: [128, 256\n  batch: : x\n")
+    proc = run_cli(*args, f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"store.path={tmp_path / 'r'}",
+                   f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and words in errors[0], errors
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+
+
+def test_help_describes_this_tool():
+    proc = run_cli("--help", timeout=60)
+    assert proc.returncode == 0
+    for words in ("attn-sweep", "+sweep=NAME", "sweep: capacity, faults, full, seed, smoke", "grid.seq_lens",
+                  "run.fail_on", "cluster.address", "python -m orchestrator.report"):
+        assert words in proc.stdout, words

@@ -113,12 +113,12 @@ def test_concurrent_sweeps_never_measure_a_cell_twice(tmp_path, n):
 def test_claims_are_taken_over_from_a_dead_sweep(tmp_path):
     s = Store(tmp_path / "results")
     s.prepare()
-    assert s.claim("c1", "run-a") is None
-    assert s.claim("c1", "run-b")["run_id"] == "run-a"  # held by a live run (this process)
+    assert s.claims.claim("c1", "run-a") is None
+    assert s.claims.claim("c1", "run-b")["run_id"] == "run-a"  # held by a live run (this process)
     claim = s.meta / "claims" / "c1"
     claim.write_text(json.dumps({"run_id": "run-a", "host": os.uname().nodename, "pid": 999999999, "since": 0}))
-    assert s.claim("c1", "run-b") is None  # its process is gone: taken over
-    s.release("c1", "run-b")
+    assert s.claims.claim("c1", "run-b") is None  # its process is gone: taken over
+    s.claims.release("c1", "run-b")
     assert not claim.exists()
 
 

@@ -65,3 +65,18 @@ def test_multirun_lands_every_job_in_one_dataset(tmp_path):
     df = pd.read_parquet(store)
     assert sorted(df.batch_size.unique()) == [1, 2]
     assert df.run_id.nunique() == 2 and len(df) == 4 and (df.status == "ok").all()
+
+
+@pytest.mark.slow
+def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
+    quiet = run_cli("+sweep=smoke", "grid.backends=[math]", f"store.path={tmp_path / 'r'}",
+                    f"hydra.run.dir={tmp_path / 'run'}")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    said = quiet.stdout + quiet.stderr
+    assert quiet.stdout.splitlines()[0] == "cluster: starting a private Ray cluster on this machine"
+    assert "Started a local Ray instance" not in said and "Token authentication" not in said
+    assert "worker.py" not in said and "(raylet)" not in said
+    assert "Started a local Ray instance" in (tmp_path / "run" / "sweep.log").read_text()  # kept, in the run folder
+    loud = run_cli("+sweep=smoke", "grid.backends=[math]", "cluster.verbose=true", f"store.path={tmp_path / 'r'}",
+                   f"hydra.run.dir={tmp_path / 'run2'}")
+    assert loud.returncode == 0 and "Started a local Ray instance" in loud.stdout + loud.stderr
