@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from orchestrator.config import Config  # noqa: E402
 from orchestrator.grid import expand  # noqa: E402
 from orchestrator.progress import Progress  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
-from orchestrator.sweep import make_row  # noqa: E402
 
 
 def grid(n_seq: int):
@@ -48,6 +48,11 @@ def cpu_s(fn):
     return out, time.process_time() - t0
 
 
+def make_row(cell, result: dict, ctx: dict) -> dict:
+    """A row as the driver's RunLog completes one (without writing it)."""
+    return {**result, **cell.params(), "cell_id": cell.cell_id, "row_id": uuid.uuid4().hex, **ctx}
+
+
 def result(i: int) -> dict:
     t = datetime.now(timezone.utc)
     return {"status": "ok", "error": None, "median_ms": 1.0 + i % 7, "p10_ms": 1.0, "p90_ms": 2.0, "iters": 100,
@@ -62,7 +67,7 @@ def main() -> None:
     todo, t_filter = cpu_s(lambda: [c for c in cells if c.cell_id not in done_ids])
     _, t_cap = cpu_s(lambda: [capability.reason(c) for c in todo])
     progress = Progress(len(todo), 8, "bench", enabled=False)
-    ctx = {"run_id": "r", "sweep": "bench", "isolation": "pool", "git_commit": "x"}
+    ctx = {"run_id": "r", "sweep_name": "bench", "isolation": "pool", "git_commit": "x", "measure_key": "k"}
 
     def book():
         rows = [make_row(c, result(i), ctx) for i, c in enumerate(todo)]

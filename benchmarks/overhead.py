@@ -68,13 +68,13 @@ def main() -> None:
 
     import torch
 
-    from orchestrator import executor
+    from orchestrator import cluster
 
     gpu = torch.cuda.is_available()
     base = tiny_grid(args.cells, gpu)
     if args.num_gpus is not None:
         base.append(f"cluster.num_gpus={args.num_gpus}")
-    executor.connect(compose(base).cluster)
+    cluster.connect(compose(base).cluster)
     rows, overhead = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):

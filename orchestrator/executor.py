@@ -216,6 +216,10 @@ class Executor:
 
     def _land(self, ref, result: dict, queues, on_row) -> None:
         f = self.inflight.pop(ref)
+        result.setdefault("cell_wall_s", time.monotonic() - f.sent)  # task mode: dispatch to result
+        ready = getattr(self.launcher, "ready", {}).get(f.token)
+        if ready is not None:
+            result.setdefault("spawn_s", ready - f.sent)
         self.on_slot[f.slot.index].remove(f)
         self._running(f.slot)
         if result["status"] in RETRYABLE and f.attempt <= self.cfg.run.retries:

@@ -132,18 +132,20 @@ COLUMNS: list[Column] = [
     Column("git_commit", S, "commit of this project when run from a git checkout (`-dirty`: uncommitted changes)"),
     Column("tool_version", S, "installed version of this project (attention-sweep-orchestrator)"),
     # when, and what it cost
-    Column("started_at", T, "cell start (UTC)"),
+    Column("started_at", T, "when the cell's own work began, its inputs (UTC)"),
     Column("ended_at", T, "cell end (UTC)"),
-    Column("measure_s", F, "seconds the cell spent measuring, from its go to its result"),
-    Column("setup_s", F, "seconds of the cell's inputs and first call (overlapping the previous cell's tail)"),
-    Column("timing_s", F, "seconds of warm-up, graph capture and timed calls"),
+    Column("measure_s", F, "seconds from the cell's go (the previous cell on its device done) to its result"),
+    Column("setup_s", F, "seconds of the cell's inputs and first call, before its go"),
+    Column("timing_s", F, "seconds of warm-up, graph capture and timed calls (the first call apart)"),
     Column("memory_s", F, "seconds of the memory pass"),
     Column("kernels_s", F, "seconds of the kernel check"),
     Column("accuracy_s", F, "seconds of the accuracy check"),
-    Column("spawn_s", F, "seconds from the cell's dispatch to its process being ready to work"),
+    Column("spawn_s", F, "seconds from the cell's turn on its device to its process being ready (about 0 when "
+                         "started ahead)"),
     Column("startup_s", F, "seconds of the cell process's CUDA context and library start (hidden behind earlier "
                            "cells when prewarmed)"),
-    Column("cell_wall_s", F, "seconds from the device taking the cell to its result"),
+    Column("cell_wall_s", F, "seconds from the cell's turn on its device (the previous cell done measuring) to "
+                             "its result"),
 ]
 NAMES = tuple(c.name for c in COLUMNS)
 _NAME_SET = frozenset(NAMES)
