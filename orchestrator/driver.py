@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import signal
 import time
 import uuid
 from datetime import datetime, timezone
@@ -24,23 +23,12 @@ from omegaconf import OmegaConf
 
 from orchestrator import capability, provenance
 from orchestrator.config import ConfigError, validate
+from orchestrator.errors import Interrupted, StoreWriteError
 from orchestrator.grid import Cell, expand
 from orchestrator.store import Store, StoreError
 from orchestrator.summary import Summary
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM: the sweep stopped; every row written so far is kept."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StoreWriteError(Exception):
-    """A row could not be made durable (a full disk, a store gone read-only)."""
 
 
 class GridPlanner:

@@ -7,7 +7,7 @@ signals, and dispatching a round's cells. ``driver.py`` uses it as a context man
 
 Settings the cluster can never satisfy are refused in one line before any cell runs. On
 SIGINT or SIGTERM (once or twice) the running cells are cancelled, the workers and a cluster
-this run started are shut down, and ``driver.Interrupted`` says how to resume.
+this run started are shut down, and ``errors.Interrupted`` says how to resume.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 
 from orchestrator import cluster
 from orchestrator.cluster import ClusterError
+from orchestrator.errors import Interrupted
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
 from orchestrator.grid import Cell
 from orchestrator.progress import Progress
@@ -106,8 +107,6 @@ class Session:
         raise KeyboardInterrupt
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        from orchestrator.driver import Interrupted
-
         stopping = exc_type is KeyboardInterrupt or self.signum is not None
         if stopping:
             self.signum = self.signum or signal.SIGINT
