@@ -149,6 +149,8 @@ def start(preload: list[str] = PRELOAD, log: str | None = None) -> tuple[str, su
     its children print goes to ``log`` (a file), not to the caller's terminal."""
     address = os.path.join(tempfile.mkdtemp(prefix="attn-fork-"), "s")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    if log:
+        os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it open
     try:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.forkserver", address, *preload],

@@ -27,7 +27,7 @@ from orchestrator.report_tables import GROUP, PLATFORM, SHAPE
 from orchestrator.rows import COLUMNS
 from orchestrator.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("orchestrator.report")  # __name__ is __main__ under python -m
 ROOT = Path(__file__).resolve().parents[1]
 FILTERS = ["sweep_name", "run_id", *PLATFORM, *SHAPE, "backend", "status", "target"]
 SETTINGS = {"store", "output_dir", "compare", "report", "hydra"}

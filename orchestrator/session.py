@@ -115,7 +115,7 @@ class Session:
         try:
             if self.launcher is not None:
                 self.launcher.close(self.slots)
-            if self.owns_ray and stopping:
+            if self.owns_ray and (stopping or exc_type is not None):
                 cluster.shutdown()
             elif self.owns_ray:  # the cluster goes down while the dataset is compacted and reported
                 self._closer = threading.Thread(target=cluster.shutdown, name="ray-shutdown")
