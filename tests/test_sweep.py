@@ -65,6 +65,11 @@ def test_multirun_lands_every_job_in_one_dataset(tmp_path):
     df = pd.read_parquet(store)
     assert sorted(df.batch_size.unique()) == [1, 2]
     assert df.run_id.nunique() == 2 and len(df) == 4 and (df.status == "ok").all()
+    import duckdb
+    import polars as pl
+
+    assert len(pl.read_parquet(store)) == 4
+    assert duckdb.sql(f"select count(*) from read_parquet('{store}')").fetchall()[0][0] == 4
 
 
 @pytest.mark.slow
@@ -80,3 +85,16 @@ def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
     loud = run_cli("+sweep=smoke", "grid.backends=[math]", "cluster.verbose=true", f"store.path={tmp_path / 'r'}",
                    f"hydra.run.dir={tmp_path / 'run2'}")
     assert loud.returncode == 0 and "Started a local Ray instance" in loud.stdout + loud.stderr
+
+
+@pytest.mark.slow
+def test_run_fail_on_makes_the_exit_code_fail_a_ci_job(tmp_path):
+    args = ["+sweep=faults", "grid.backends=[math,fault_exit]", "run.retries=0", f"store.path={tmp_path / 'r'}"]
+    default = run_cli(*args, f"hydra.run.dir={tmp_path / 'run1'}")
+    assert default.returncode == 0, default.stderr[-2000:]  # today's behaviour: the rows say it
+    strict = run_cli(*args, "run.rerun=all", "run.fail_on=[crashed,timeout,error]",
+                     f"hydra.run.dir={tmp_path / 'run2'}")
+    assert strict.returncode == 1 and "run.fail_on: 1 crashed" in strict.stderr, strict.stderr[-2000:]
+    ok = run_cli(*args, "grid.backends=[math]", "run.rerun=all", "run.fail_on=[crashed]",
+                 f"hydra.run.dir={tmp_path / 'run3'}")
+    assert ok.returncode == 0
