@@ -168,3 +168,15 @@ def resources() -> Resources:
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+def kill_own_ray_processes() -> None:
+    """Ray processes this process started (a cluster whose start was interrupted): killed."""
+    import psutil
+
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "ray" in " ".join(p.cmdline()).lower():
+                p.kill()
+        except psutil.Error:
+            pass

@@ -49,7 +49,7 @@ class MeasureConfig:
     """How a cell is measured (tasks/timing.py). Part of what a stored row is: a sweep with other
     settings says so, and ``run.rerun=changed`` measures those cells again."""
 
-    warmup_iters: int = 2  # warm-up: at least this many calls (the first, compiling one included)...
+    warmup_iters: int = 1  # warm-up: at least this many calls after the first (compiling) one...
     warmup_ms: float = 25.0  # ... and this long
     method: str = "auto"  # auto: CUDA-graph replays where the call captures, else events; graph; events
     precision: float = 0.005  # stop once the median's 95% CI is within this share of it (0: never early)
@@ -77,6 +77,7 @@ class RunConfig:
     #                       cpu: measure on the CPU anyway (GPU slots only schedule)
     cpu_workers: int = 1  # cells at once on a cluster with no GPU
     cpus_per_gpu_cell: float = 0.01
+    cpu_threads: int | None = None  # torch threads of a CPU cell; null: the machine's cores / cpu_workers
     prewarm: int = 2  # pool mode on a GPU: cell processes started ahead (CUDA context) while one measures
     progress: bool = True
 

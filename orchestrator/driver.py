@@ -284,6 +284,10 @@ def main(cfg, output_dir: str | None) -> int:
         return 2
     except Interrupted as exc:
         return 128 + exc.signum
+    except KeyboardInterrupt:  # after the cells (compaction, the report): every row is saved
+        log.warning("interrupted: every row of this run is saved in %s; the report may be missing: "
+                    "python -m orchestrator.report makes it", cfg.store.path)
+        return 130
     except StoreWriteError as exc:
         log.error("error: cannot write to the dataset %s. Every row written before is kept; run the same "
                   "command again, once it can be written, to measure the rest", exc)

@@ -227,7 +227,7 @@ class Executor:
             queues[f.cell.target].append(Flight(f.cell, f.attempt + 1, f.errors))  # next to go
             return
         if f.errors:  # keep what the earlier attempts met
-            last = [f"attempt {f.attempt}: {result['error']}"] if result.get("error") else []
+            last = [f"attempt {f.attempt}: {result['status']}: {result['error']}"] if result.get("error") else []
             result["error"] = "; ".join([*f.errors, *last])
         result["attempts"] = f.attempt
         on_row(f.cell, result, f.slot)

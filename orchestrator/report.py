@@ -208,6 +208,11 @@ def from_config(cfg, output_dir) -> dict:
     df = newest(select(fill_platform(raw), active), per_platform=opts.get("compare", True))
     chosen = ", ".join(f"{k}={v}" for k, v in active.items())
     rep = opts.get("report", {})
+    import tasks.faults  # noqa: F401  (every backend name, for the baseline; no torch)
+    from tasks.backends import names
+
+    if rep.get("baseline", "math") not in names():
+        raise ReportError(f"report.baseline = {rep.get('baseline')!r}: not a backend; choose from {', '.join(names())}")
     shown = {"store": opts["store"], "compare": opts.get("compare"), "report": rep, "filters": active}
     configs = {**run_configs(store, set(df["run_id"])), "report config": OmegaConf.to_yaml(shown)}
     return write(df, output_dir, title=f"Attention sweep report: {chosen or 'all rows'}",

@@ -63,7 +63,8 @@ COLUMNS: list[Column] = [
     Column("error", S, "what went wrong: exception, signal, deadline, or the unsupported reason"),
     Column("attempts", I, "tries it took (crashed and timed-out cells are retried)"),
     Column("isolation", S, "pool (forked child per cell) or task (Ray task per cell)"),
-    Column("measure_key", S, "hash of the measurement settings (`measure.*`): rows of other settings are not 'done'"),
+    Column("measure_key", S, "hash of the measurement settings (`measure.*`): a sweep with other settings says "
+                                "so (run.rerun=changed measures those cells again)"),
     Column("measure_settings", S, "the measurement settings as JSON"),
     # timing
     Column("timing_method", S, "cuda_graph (replay of a captured CUDA graph), cuda_events (each call between "

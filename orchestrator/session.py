@@ -49,31 +49,29 @@ class Session:
     # ------------------------------------------------------------------ start and stop
 
     def __enter__(self) -> Session:
+        try:
+            self._enter()
+        except BaseException as exc:  # a refusal, or Ctrl-C while Ray starts: nothing left behind
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def _enter(self) -> None:
         t0 = time.perf_counter()
         c, r = self.cfg.cluster, self.cfg.run
         joining = bool(c.address or os.environ.get("RAY_ADDRESS"))
         if not joining:
-            try:
-                self._check_host()
-            except BaseException:
-                self._stop_fork()
-                raise
+            self._check_host()
         log.info("cluster: %s", "joining the Ray cluster at " + str(c.address or os.environ["RAY_ADDRESS"])
                  if joining else "starting a private Ray cluster on this machine")
-        was_up = cluster.ray.is_initialized()
-        try:
-            line = cluster.connect(c, prestart_workers=not self.pool)
-        except BaseException:
-            self._stop_fork()
-            raise
-        self.owns_ray = not was_up
+        self.owns_ray = not cluster.ray.is_initialized()
+        line = cluster.connect(c, prestart_workers=not self.pool)
         self._take_signals()
         self.resources = cluster.resources()
         log.info("cluster: %s: %s (%.1f s)", line, self.resources.line(), time.perf_counter() - t0)
         self._check_cluster()
         self.default_target = self.resources.default_target if r.device != "cpu" or self.resources.gpus else "cpu"
         self.t0 = t0
-        return self
 
     def _check_host(self) -> None:
         """A private cluster: GPUs asked for that this machine does not have."""
@@ -84,6 +82,10 @@ class Session:
                                "would fail to start CUDA. To test scheduling with fake GPUs, add run.device=cpu")
         if r.device == "cuda" and not have and not c.num_gpus:
             raise ClusterError("run.device = 'cuda', but this machine has no NVIDIA GPU (NVML finds none)")
+        cpus = c.num_cpus or os.cpu_count() or 1
+        if not have and not c.num_gpus and r.cpu_workers > cpus:
+            raise ClusterError(f"run.cpu_workers = {r.cpu_workers}, but this machine has {cpus} CPU(s): the extra "
+                               f"workers would wait forever; use run.cpu_workers={cpus}")
 
     def _check_cluster(self) -> None:
         r, res = self.cfg.run, self.resources
@@ -117,6 +119,7 @@ class Session:
                 self.launcher.close(self.slots)
             if self.owns_ray and (stopping or exc_type is not None):
                 cluster.shutdown()
+                cluster.kill_own_ray_processes()  # a start cut short leaves what ray.shutdown does not know
             elif self.owns_ray:  # the cluster goes down while the dataset is compacted and reported
                 self._closer = threading.Thread(target=cluster.shutdown, name="ray-shutdown")
                 self._closer.start()
@@ -159,6 +162,8 @@ class Session:
             if on_gpu and target != "any":
                 opts["resources"] = {f"accelerator_type:{target}": 0.001}
             self.slots += [Slot(target, opts, len(self.slots) + i) for i in range(min(n, max(most, 1)))]
+        # a CPU cell's torch threads: the cluster's cores shared by the devices measuring at once
+        self.cpu_threads = r.cpu_threads or max(1, int(self.resources.cpus // max(1, len(self.slots))))
         fork = self.fork[0] if self.fork else None
         self.launcher = PoolLauncher(self.cfg, fork) if self.pool else TaskLauncher(self.cfg)
         t0 = time.perf_counter()
@@ -200,7 +205,7 @@ class Session:
         if device == "auto":
             device = "cpu" if cell.target == "cpu" else "cuda"
         m = self.cfg.measure
-        return {**cell.params(), "device": device, "seed": m.seed, "measure": dict(m)}
+        return {**cell.params(), "device": device, "seed": m.seed, "measure": dict(m), "cpu_threads": self.cpu_threads}
 
     def execute(self, cells: list[Cell], on_row, unsupported: int) -> None:
         if not cells:

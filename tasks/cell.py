@@ -89,6 +89,8 @@ class Prepared:
 
     def __init__(self, spec: dict, device: torch.device):
         self.spec, self.device, self.stack = spec, device, contextlib.ExitStack()
+        if device.type == "cpu" and spec.get("cpu_threads"):  # one core per CPU worker, not all of them each
+            torch.set_num_threads(spec["cpu_threads"])
         t0 = time.perf_counter()
         self.work = importlib.import_module(f"tasks.{spec['workload']}").build(spec, device)
         try:
