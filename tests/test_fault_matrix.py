@@ -37,9 +37,15 @@ READERS = {
 
 
 def each_row_once(path, expected: set[str] | None = None, cells: int | None = None) -> None:
-    """Every reader sees every row exactly once (and, given, exactly these rows / this many cells)."""
+    """Every reader sees every row exactly once (and, given, exactly these rows / this many cells).
+    With FAULT_MATRIX_LOG=FILE, each reader's count is appended to FILE (the closing note's table)."""
     for name, read in READERS.items():
         ids = read(str(path))
+        if os.environ.get("FAULT_MATRIX_LOG"):
+            with open(os.environ["FAULT_MATRIX_LOG"], "a") as f:
+                f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "reader": name,
+                                    "rows": len(ids), "twice": len(ids) - len(set(ids)),
+                                    "expected": None if expected is None else len(expected)}) + "\n")
         assert len(ids) == len(set(ids)), f"{name}: {len(ids) - len(set(ids))} rows twice"
         if expected is not None:
             assert set(ids) == expected, f"{name}: {len(set(ids) ^ expected)} rows differ"
