@@ -60,7 +60,7 @@ def prepare(address: str | None, config_error) -> None:
     if cluster_mode(address) != "token":
         return
     if not token_available():
-        raise config_error(f"{address}: the cluster requires a Ray auth token and none was found here: {TOKEN_HELP}")
+        raise config_error(f"the Ray cluster at {address} requires an auth token and none was found here: {TOKEN_HELP}")
     os.environ["RAY_AUTH_MODE"] = "token"
     if "ray" in sys.modules:  # imported already (a library caller): Ray reads the mode again
         try:

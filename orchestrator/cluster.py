@@ -73,7 +73,7 @@ def check_token(address: str) -> None:
         except AuthenticationError:
             mode = os.environ.get("RAY_AUTH_MODE", "unset")
             have = "no token was found" if not token_available() else "its token differs from ours"
-            raise ClusterError(f"cluster.address = {address!r}: the cluster requires a Ray auth token and {have} "
+            raise ClusterError(f"the Ray cluster at {address} requires an auth token and {have} "
                                f"(RAY_AUTH_MODE={mode}): {TOKEN_HELP}") from None
         except Exception:  # noqa: BLE001 - anything else: ray.init gives the real reason
             return
