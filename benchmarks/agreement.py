@@ -97,6 +97,18 @@ def main() -> None:
                      f"{int((host <= 0.02).sum())}/{int((both & big).sum())} within 2%, |diff| median "
                      f"{host.median() * 100:.2f}%")
         print(line)
+        if "sm_clock_mhz" in base and base.sm_clock_mhz.notna().any() and "sm_clock_mhz" in other:
+            moved = both & big & ((other.median_ms - base.median_ms).abs() / base.median_ms > 0.03)
+            cyc_b, cyc_o = base.median_ms * base.sm_clock_mhz, other.median_ms * other.sm_clock_mhz
+            print(f"  {name}: SM clock (MHz) median {base.sm_clock_mhz[ok].median():.0f} vs "
+                  f"{other.sm_clock_mhz[both].median():.0f}; the same spread in clock cycles "
+                  f"(median_ms x sm_clock_mhz): {spread(cyc_b, cyc_o, both)}")
+            if moved.any():
+                cols = pd.DataFrame({"base_ms": base.median_ms, "ms": other.median_ms,
+                                     "base_mhz": base.sm_clock_mhz, "mhz": other.sm_clock_mhz,
+                                     "base_limits": base.clock_limits, "limits": other.clock_limits})[moved]
+                print(f"  cells of 50 us and more that moved over 3% ({int(moved.sum())}), and their clocks:")
+                print(cols.to_string(float_format=lambda x: f"{x:.4f}"))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,9 @@ COLUMNS: list[Column] = [
     Column("host_median_ms", F, "median of calls timed between CUDA events as launched from Python (the host's "
                                 "launch speed included); the warm-up calls"),
     Column("launch_overhead_ms", F, "host_median_ms - median_ms, at least 0: time the GPU waits for launches"),
+    Column("sm_clock_mhz", F, "GPU: median SM clock (NVML) sampled while the timed calls ran"),
+    Column("clock_limits", S, "GPU: what held the clock down while timing (sw_power_cap, sw_thermal, "
+                              "hw_slowdown, ...); null when nothing did"),
     # what the numbers mean
     Column("flops", F, "floating-point operations per call, by `flops_convention`"),
     Column("tflops", F, "flops / median seconds / 1e12"),

@@ -31,7 +31,7 @@ import torch
 
 from orchestrator.rows import Status
 from tasks import faults, kernels, timing  # noqa: F401  (faults registers the fault_* backends)
-from tasks.device import HAS_NVML, Nvml, environment, nvml_handle
+from tasks.device import HAS_NVML, ClockSampler, Nvml, environment, nvml_handle
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -129,7 +129,9 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     how = m.get("kernels", "ops")
     ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
     t2 = time.perf_counter()
-    t = timing.timed(work.step, device, protocol, warmed)
+    clock = ClockSampler(nvml.handle) if nvml is not None else None
+    t = timing.timed(work.step, device, protocol, warmed, clock)
+    t |= clock.cols() if clock is not None else {}
     t["warmup_iters"] += 1  # the first call, made in prepare
     t["warmup_s"] += p.first_call_s
     return {

@@ -11,6 +11,7 @@ import functools
 import os
 import platform
 import socket
+import statistics
 import time
 
 import torch
@@ -110,6 +111,36 @@ class Nvml:
             time.sleep(0.002)
         siblings = [pid for pid in b if pid != me and _ppid(pid) == parent]  # this sweep's waiting cells
         return used - sum(b[pid] for pid in siblings)
+
+
+# what holds the GPU's clock down, by NVML's clock-event reason bits (idle and the application
+# clock setting left out: they say nothing about a busy GPU's speed)
+CLOCK_LIMITS = {0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal",
+                0x40: "hw_thermal", 0x80: "hw_power_brake"}
+
+
+class ClockSampler:
+    """The SM clock (and what limits it), sampled while the GPU runs the timed calls: clocks
+    drop under a power or thermal cap, and a kernel's time with them (locking them is the
+    operator's call, not this tool's)."""
+
+    def __init__(self, handle):
+        self.handle, self.mhz, self.reasons = handle, [], 0
+        self.reasons_of = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+
+    def __call__(self) -> None:
+        try:
+            self.mhz.append(pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM))
+            self.reasons |= self.reasons_of(self.handle)
+        except pynvml.NVMLError:  # not supported on this device: the columns stay empty
+            pass
+
+    def cols(self) -> dict:
+        if not self.mhz:
+            return {}
+        limits = [name for bit, name in CLOCK_LIMITS.items() if self.reasons & bit]
+        return {"sm_clock_mhz": float(statistics.median(self.mhz)), "clock_limits": ",".join(limits) or None}
 
 
 def cpu_name() -> str:
