@@ -87,7 +87,7 @@ COLUMNS: list[Column] = [
     Column("host_median_ms", F, "median of calls timed between CUDA events as launched from Python (the host's "
                                 "launch speed included); the warm-up calls"),
     Column("launch_overhead_ms", F, "host_median_ms - median_ms, at least 0: time the GPU waits for launches"),
-    Column("sm_clock_mhz", F, "GPU: median SM clock (NVML) sampled while the timed calls ran"),
+    Column("sm_clock_mhz", F, "GPU: mean SM clock (NVML), sampled every ms while the timed calls ran"),
     Column("clock_limits", S, "GPU: what held the clock down while timing (sw_power_cap, sw_thermal, "
                               "hw_slowdown, ...); null when nothing did"),
     # what the numbers mean

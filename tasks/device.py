@@ -120,19 +120,24 @@ CLOCK_LIMITS = {0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost", 0x2
 
 
 class ClockSampler:
-    """The SM clock (and what limits it), sampled while the GPU runs the timed calls: clocks
-    drop under a power or thermal cap, and a kernel's time with them (locking them is the
-    operator's call, not this tool's)."""
+    """The SM clock (its mean over samples a millisecond apart) and what limits it, while the
+    GPU runs the timed calls: clocks drop under a power or thermal cap, and a kernel's time with
+    them (locking them is the operator's call, not this tool's)."""
 
     def __init__(self, handle):
         self.handle, self.mhz, self.reasons = handle, [], 0
         self.reasons_of = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
             pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
 
-    def __call__(self) -> None:
+    def __call__(self, done) -> None:
+        """Sample every millisecond until event `done` (the batch's last) has completed."""
         try:
-            self.mhz.append(pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM))
-            self.reasons |= self.reasons_of(self.handle)
+            while True:
+                self.mhz.append(pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM))
+                self.reasons |= self.reasons_of(self.handle)
+                if done.query():
+                    return
+                time.sleep(0.001)
         except pynvml.NVMLError:  # not supported on this device: the columns stay empty
             pass
 
@@ -140,7 +145,7 @@ class ClockSampler:
         if not self.mhz:
             return {}
         limits = [name for bit, name in CLOCK_LIMITS.items() if self.reasons & bit]
-        return {"sm_clock_mhz": float(statistics.median(self.mhz)), "clock_limits": ",".join(limits) or None}
+        return {"sm_clock_mhz": float(statistics.fmean(self.mhz)), "clock_limits": ",".join(limits) or None}
 
 
 def cpu_name() -> str:

@@ -91,10 +91,10 @@ def summarize(ms: list[float]) -> dict:
 class Timer:
     """Times one call or one graph replay per sample, with the L2 flushed before each."""
 
-    def __init__(self, device: torch.device, flush_l2: bool, while_busy: Callable[[], None] | None = None):
+    def __init__(self, device: torch.device, flush_l2: bool, while_busy: Callable | None = None):
         self.device = device
         self.cuda = device.type == "cuda"
-        self.while_busy = while_busy  # called once a batch is queued, while the GPU runs it
+        self.while_busy = while_busy  # called with a batch's last event once the batch is queued
         self.flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and self.cuda else None
 
     def batch(self, fn: Callable, n: int, wait_each: bool = False) -> list[float]:
@@ -115,7 +115,7 @@ class Timer:
             if wait_each:
                 end.synchronize()
         if self.while_busy is not None:
-            self.while_busy()
+            self.while_busy(pairs[-1][1])
         torch.cuda.synchronize(self.device)
         return [s.elapsed_time(e) for s, e in pairs]
 
@@ -187,9 +187,10 @@ def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[
 
 
 def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
-          while_busy: Callable[[], None] | None = None) -> dict:
+          while_busy: Callable[[torch.cuda.Event], None] | None = None) -> dict:
     """After ``warm``: capture, time by the protocol above; the row's timing columns.
-    ``while_busy`` is called after each timed batch is queued (the GPU's clock is read then)."""
+    ``while_busy(last_event)`` is called after each timed batch is queued (the GPU's clock is
+    sampled until the batch is done)."""
     cols, host, stream = warmed
     timer = Timer(device, p.flush_l2, while_busy)
     t0 = time.perf_counter()

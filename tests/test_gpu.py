@@ -145,13 +145,14 @@ def test_nvml_memory_is_the_kernels_not_the_accuracy_references():
     """flash at seq 16384: its fp32 accuracy reference needs far more than the kernel (2 GiB of
     scores for two heads); NVML's figures are read around the memory pass, so they show the
     kernel's memory (and the process's CUDA context), not the reference's."""
+    others = gpu_used_by_others()  # this test process's own context and cache, the driver's share
     row = fresh_process_cell(spec("flash", seq=16384) | {"batch_size": 1})  # as a sweep runs it
     assert row["status"] == "ok", row["error"]
     reserved, ctx = row["peak_reserved_bytes"], row["nvml_context_bytes"]
     assert reserved < 3 * row["inputs_bytes"] and ctx > 100 << 20  # q, k, v, the output: no reference
     assert 0 <= row["nvml_used_peak_bytes"] - row["nvml_used_before_bytes"] <= reserved + (64 << 20)
     assert ctx <= row["nvml_process_peak_bytes"] <= reserved + ctx + (512 << 20)
-    assert row["nvml_used_peak_bytes"] < row["nvml_process_peak_bytes"] + (1 << 30)
+    assert row["nvml_used_peak_bytes"] - others[row["gpu_uuid"]] <= reserved + ctx + (512 << 20)
 
 
 def test_ceilings_and_shares_are_plausible():
