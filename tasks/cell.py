@@ -31,7 +31,7 @@ import torch
 
 from orchestrator.rows import Status
 from tasks import faults, kernels, timing  # noqa: F401  (faults registers the fault_* backends)
-from tasks.device import HAS_NVML, ClockSampler, Nvml, environment, nvml_handle
+from tasks.device import HAS_NVML, ClockSampler, Nvml, environment, gpu_quiet, nvml_handle
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -74,11 +74,13 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
-    torch.cuda.init()
-    device = torch.device("cuda", 0)
-    torch.empty(1, device=device)  # the context
-    env = environment(device)
-    _warm_libraries(device, dtypes)
+    with gpu_quiet():  # never while another cell on this GPU times its kernels
+        torch.cuda.init()
+        device = torch.device("cuda", 0)
+        torch.empty(1, device=device)  # the context
+        env = environment(device)
+        _warm_libraries(device, dtypes)
+        torch.cuda.synchronize(device)
     if "gpu_uuid" in env:
         env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
     return device, env | {"startup_s": time.perf_counter() - t0}
@@ -121,16 +123,17 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     protocol = timing.Protocol.of(m)
     warmed = timing.warm(work.step, device, protocol)
     before_memory()
-    mem, out = timing.measure_memory(work.step, device, nvml) if m["memory"] else ({}, None)
-    t0 = time.perf_counter()
-    err = work.check(None if work.train else out) if m["accuracy"] else None
-    del out
-    t1 = time.perf_counter()
-    how = m.get("kernels", "ops")
-    ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
-    t2 = time.perf_counter()
-    clock = ClockSampler(nvml.handle) if nvml is not None else None
-    t = timing.timed(work.step, device, protocol, warmed, clock)
+    with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext():  # no other cell starts meanwhile
+        mem, out = timing.measure_memory(work.step, device, nvml) if m["memory"] else ({}, None)
+        t0 = time.perf_counter()
+        err = work.check(None if work.train else out) if m["accuracy"] else None
+        del out
+        t1 = time.perf_counter()
+        how = m.get("kernels", "ops")
+        ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
+        t2 = time.perf_counter()
+        clock = ClockSampler(nvml.handle) if nvml is not None else None
+        t = timing.timed(work.step, device, protocol, warmed, clock)
     t |= clock.cols() if clock is not None else {}
     t["warmup_iters"] += 1  # the first call, made in prepare
     t["warmup_s"] += p.first_call_s

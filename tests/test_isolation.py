@@ -1,7 +1,10 @@
 """The forked-child runner, without Ray: fresh processes, deadlines that count the cell's own
 work, and the hand-over between cells (the next one starts early, never measures early)."""
 
+import glob
+import os
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -12,6 +15,8 @@ import pytest
 from orchestrator import forkserver
 from orchestrator.isolation import ForkRunner
 from tasks.device import wait_gone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MEASURE = dict(warmup_iters=1, warmup_ms=0.0, budget_ms=5.0, min_iters=2, max_iters=5, flush_l2=False,
                memory=False, accuracy=True, kernels="ops", seed=0)
@@ -44,6 +49,43 @@ def test_wait_gone_waits_for_a_live_process_only():
     wait_gone(proc.pid)  # reaped: no such process
     wait_gone(None)
     assert time.perf_counter() - t0 < 0.1
+
+
+HOLD = ("import sys, time; from tasks.device import gpu_quiet\n"
+        "with gpu_quiet():\n    print('held', flush=True); time.sleep(float(sys.argv[1]))")
+
+
+def test_one_gpu_is_quiet_for_one_process_at_a_time(monkeypatch):
+    """A cell process starting its CUDA context waits while another times its kernels on the
+    same GPU (and the other way round); another GPU does not wait; a killed holder lets go."""
+    from tasks.device import gpu_quiet
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"test-{time.time_ns()}")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, "1.0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.perf_counter()
+    with gpu_quiet():
+        waited = time.perf_counter() - t0
+    assert waited > 0.5  # until the holder's measured window ended
+    holder.wait()
+    gpu = f"test-{time.time_ns()}"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpu)
+    killed = subprocess.Popen([sys.executable, "-c", HOLD, "600"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert killed.stdout.readline().strip() == "held"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"other-{time.time_ns()}")
+    t0 = time.perf_counter()
+    with gpu_quiet():  # another GPU: no wait
+        assert time.perf_counter() - t0 < 0.5
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpu)
+    killed.kill()
+    killed.wait()
+    t0 = time.perf_counter()
+    with gpu_quiet():  # the killed holder's lock went with it
+        assert time.perf_counter() - t0 < 0.5
+    for key in ("test-", "other-"):  # the lock files of these made-up GPUs
+        for folder in ("/dev/shm", "/tmp"):
+            for f in glob.glob(f"{folder}/attention-sweep-gpu-{key}*.lock"):
+                os.unlink(f)
 
 
 def test_cells_overlap_their_start_but_never_their_measurement(server):
