@@ -6,8 +6,9 @@ points, so that nothing another cell does overlaps what this cell measures:
 
 * **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, about 0.4 s on an
   H100) runs as soon as the child is forked: ``prewarm`` children are started ahead of time
-  while earlier cells measure. It launches no GPU work of any size (the H100 showed no change
-  in a neighbour's graph-timed medians; see README).
+  while earlier cells run, but never during another cell's measured window (memory pass to the
+  end of the timing): ``tasks.device.gpu_quiet`` holds a lock per GPU around both (a context
+  starting beside timed kernels moved their medians by up to 24% on an H200).
 * **prepare** (inputs, first call) waits until the previous cell has measured and freed its
   memory (it then returns its result and exits). A prepare that runs out of memory meanwhile
   is tried again once the previous cell's process is gone.
