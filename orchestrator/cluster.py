@@ -110,8 +110,11 @@ def connect(c, prestart_workers: bool = False) -> str:
             why = TOKEN_HELP if "InvalidAuthToken" in text else first
             raise ClusterError(f"{source}: cannot connect ({why})") from None
         return f"joined the Ray cluster at {address} ({source})"
+    system = dict(kw.get("_system_config") or {})
+    system.setdefault("worker_niceness", 0)  # Ray's default, 15, lets any busy process starve a cell
     if not prestart_workers:
-        kw.setdefault("_system_config", {"prestart_worker_first_driver": False})
+        system.setdefault("prestart_worker_first_driver", False)
+    kw["_system_config"] = system
     ray.init(address="local", num_cpus=c.num_cpus, num_gpus=c.num_gpus, **kw)
     return "started a private Ray cluster on this machine (cluster.address=auto or host:port joins one)"
 

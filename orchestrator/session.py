@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 PLATFORM = ("device_type", "device_name", "compute_capability", "device_total_bytes", "driver_version", "cuda_version",
             "cudnn_version", "torch_version", "host")
 HEARTBEAT_S = 5.0
-# Ray starts its workers at nice 15: a cell process (and a worker that forks them) would lose the
-# CPU to any busy process on the host, which stretches its start by minutes on a loaded machine
-# and inflates the host-inclusive timings. Cells keep the priority of the Ray node that runs them.
-NORMAL_PRIORITY = {"env_vars": {"RAY_worker_niceness": "0"}}
 
 
 class Session:
@@ -163,7 +159,6 @@ class Session:
                 have = ", ".join(t for t in self.resources.gpus if t != "any") or "none"
                 raise ClusterError(f"grid.accelerators: no GPU of type {target!r} in the cluster (types: {have})")
             opts = {"num_cpus": 1} if not on_gpu else {"num_gpus": 1, "num_cpus": r.cpus_per_gpu_cell}
-            opts["runtime_env"] = NORMAL_PRIORITY
             if on_gpu and target != "any":
                 opts["resources"] = {f"accelerator_type:{target}": 0.001}
             self.slots += [Slot(target, opts, len(self.slots) + i) for i in range(min(n, max(most, 1)))]

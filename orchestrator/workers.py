@@ -14,6 +14,24 @@ from orchestrator import forkserver
 from orchestrator.isolation import ForkRunner
 
 
+def normal_priority() -> None:
+    """Undo Ray's nice 15 for this worker's threads (and what they start: a fork server, the
+    cell's own threads), where this user may: at nice 15 a cell loses the CPU to every busy
+    process on the host, which stretched a task-mode cell's start from 4 s to 65 s on a loaded
+    2-core machine, and slows the launches that ``host_median_ms`` times. A private cluster
+    starts its workers at nice 0 already (``cluster.connect``)."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the process only
+        tids = [0]
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) > 0:
+                os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except OSError:  # no permission to raise a priority (not root, no CAP_SYS_NICE): keep Ray's
+            return
+
+
 def where() -> dict:
     """The calling Ray worker's node and the GPU ids Ray gave it."""
     ctx = ray.get_runtime_context()
@@ -27,6 +45,7 @@ class DeviceWorker:
     """Owns one device for the whole sweep; runs each cell in a fresh forked child."""
 
     def __init__(self, address: str | None, device: str, dtypes: list[str], prewarm: int, start_timeout_s: float):
+        normal_priority()
         self.server = None
         if not address or not os.path.exists(address):  # another host: a fork server of our own
             address, self.server = forkserver.start()
@@ -46,6 +65,7 @@ class DeviceWorker:
 @ray.remote(max_calls=1, max_retries=0)
 def run_task(spec: dict, queue) -> dict:
     """The plain Ray way: this worker process measures the cell, then exits."""
+    normal_priority()
     import tasks.preload  # noqa: F401  (imports counted as start-up, as in pool mode)
     from tasks.cell import run_cell
 
@@ -57,6 +77,7 @@ def run_task(spec: dict, queue) -> dict:
 @ray.remote(max_calls=1, max_retries=0)
 def probe_task(device: str, dtypes: list[str]) -> dict:
     """A device's environment and ceilings, in task mode (one task per device, all at once)."""
+    normal_priority()
     import tasks.preload  # noqa: F401
     from tasks import ceilings
     from tasks.cell import start_device
