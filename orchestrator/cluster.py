@@ -15,14 +15,13 @@ import contextlib
 import logging
 import os
 import socket
-import sys
-import tempfile
 from dataclasses import dataclass, field
 
 import ray
 
 from orchestrator.auth import TOKEN_HELP, token_available
 from orchestrator.config import ConfigError
+from tasks.stderr import captured_fd2
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +33,8 @@ class ClusterError(ConfigError):
 @contextlib.contextmanager
 def _quiet_stderr():
     """Ray's C++ core writes its retries straight to file descriptor 2: keep them off the terminal."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    with captured_fd2():
+        yield
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

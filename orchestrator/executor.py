@@ -76,12 +76,7 @@ class PoolLauncher:
         if len(ready) < len(probes):
             raise ClusterError("device workers did not start within run.start_timeout_s (+300 s); Ray's resources: "
                                f"{ray.available_resources()}")
-        try:
-            infos = ray.get(probes)
-        except ray.exceptions.RayError as exc:
-            raise ClusterError(f"a device worker could not start: {str(exc).strip().splitlines()[0]}") from None
-        for s, info in zip(slots, infos, strict=True):
-            s.info = info
+        take_infos(slots, probes, "a device worker could not start")
 
     def submit(self, slot: Slot, spec: dict, timeout_s: float):
         return slot.handle.run.remote(spec, timeout_s)
@@ -101,6 +96,16 @@ class PoolLauncher:
 # ----------------------------------------------------------------------------- task
 
 
+def take_infos(slots: list[Slot], probes: list, failed: str) -> None:
+    """Each slot's device record from its probe; a probe that raised is a one-line ClusterError."""
+    try:
+        infos = ray.get(probes)
+    except ray.exceptions.RayError as exc:
+        raise ClusterError(f"{failed}: {str(exc).strip().splitlines()[0]}") from None
+    for s, info in zip(slots, infos, strict=True):
+        s.info = info
+
+
 class TaskLauncher:
     depth = 1
 
@@ -113,12 +118,7 @@ class TaskLauncher:
         device = "cpu" if self.cfg.run.device == "cpu" else "cuda"
         refs = [probe_task.options(**s.options).remote("cpu" if s.target == "cpu" else device,
                                                         list(self.cfg.grid.dtypes)) for s in slots]
-        try:
-            infos = ray.get(refs)
-        except ray.exceptions.RayError as exc:
-            raise ClusterError(f"a device could not be probed: {str(exc).strip().splitlines()[0]}") from None
-        for s, info in zip(slots, infos, strict=True):
-            s.info = info
+        take_infos(slots, refs, "a device could not be probed")
 
     def submit(self, slot: Slot, spec: dict, timeout_s: float):
         return run_task.options(**slot.options).remote(spec, self.queue)

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from tasks.stderr import captured_fd2
 
 _L2_FLUSH_BYTES = 256 << 20  # larger than any L2 yet (H100: 50 MB), as triton's do_bench
 _BATCH_S = 0.01  # timed calls between two checks of the stopping rule, at first
@@ -230,19 +230,14 @@ def time_fn(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> dic
 def quiet_profiler():
     """Drop the 'USDT:' and 'STAGE:' lines that kineto (torch 2.13) writes to stderr at each
     profiler start and stop, two per cell; whatever else was written there is kept."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
+    got = None
+    try:
+        with captured_fd2() as got:
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
-                if not line.startswith(("USDT:", "STAGE:")):
-                    sys.stderr.write(line)
+    finally:
+        kept = [line for line in (got.text if got else "").splitlines(keepends=True)
+                if not line.startswith(("USDT:", "STAGE:"))]
+        sys.stderr.write("".join(kept))
 
 
 def cpu_peak_bytes(fn: Callable) -> tuple[int, object]:
