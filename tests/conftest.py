@@ -31,7 +31,8 @@ def ensure_ray(num_gpus: int = 0):
         if int(ray.cluster_resources().get("GPU", 0)) == num_gpus:
             return ray
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR",
+             _system_config={"worker_niceness": 0})  # as the tool's own private cluster (cluster.connect)
     return ray
 
 

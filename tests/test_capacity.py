@@ -109,6 +109,7 @@ def test_capacity_config_is_validated():
         validate(make_cfg("+sweep=capacity", "capacity.memory_limit_bytes=100", "measure.memory=false"))
 
 
+@pytest.mark.slow
 def test_capacity_run_for_real(tmp_path):
     """Real trials on the CPU, where the memory limit stands in for the GPU's OOM: math's
     N x N scores meet the limit long before flash's linear memory does."""

@@ -291,6 +291,7 @@ def test_a_head_size_no_kernel_takes_is_unsupported_at_once(tmp_path):
     assert df.device_name.notna().all() and df.torch_version.notna().all() and df.host.notna().all()
 
 
+@pytest.mark.slow
 def test_other_measure_settings_are_said_and_rerun_changed_measures_them(tmp_path, capsys):
     from conftest import ensure_ray
 

@@ -45,6 +45,7 @@ def test_pool_mode_turns_every_failure_into_its_row(tmp_path):
     assert summary.statuses == {"ok": 2, "error": 2, "oom": 1, "crashed": 3, "timeout": 1}
 
 
+@pytest.mark.slow
 def test_task_mode_contains_the_same_failures(tmp_path):
     _, df = faults_sweep(tmp_path, "run.isolation=task", "run.retries=0")
     got = df.status.to_dict()
@@ -53,6 +54,7 @@ def test_task_mode_contains_the_same_failures(tmp_path):
     assert "deadline of 3 s" in df.loc["fault_hang", "error"]
 
 
+@pytest.mark.slow
 def test_rerun_failed_repeats_only_error_crashed_and_timeout(tmp_path):
     faults_sweep(tmp_path, "run.retries=0")
     store = Store(tmp_path / "faults")

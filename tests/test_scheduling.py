@@ -1,6 +1,7 @@
 """Ray scheduling across (fake) GPUs: every GPU works at once, one cell per GPU."""
 
 import pandas as pd
+import pytest
 from conftest import make_cfg
 
 from orchestrator.driver import run
@@ -36,6 +37,7 @@ def test_pool_uses_all_four_gpus_at_once(ray_fake_gpus, tmp_path):
     assert max_overlap(df) == 4
 
 
+@pytest.mark.slow
 def test_task_mode_holds_one_gpu_per_cell(ray_fake_gpus, tmp_path):
     summary, df = fake_gpu_sweep(tmp_path, "task")
     assert summary.devices == 4 and (df.status == "ok").all()

@@ -31,6 +31,7 @@ def test_smoke_sweep_writes_one_row_per_cell(smoke_dataset):
     assert smoke_dataset["summary"].statuses == {"ok": len(cells)}
 
 
+@pytest.mark.slow
 def test_same_sweep_again_measures_nothing_and_rerun_all_measures_everything(smoke_dataset, tmp_path):
     ensure_ray(0)
     cfg = make_cfg("+sweep=smoke", store=smoke_dataset["store"])
