@@ -214,6 +214,7 @@ print(ray.get(nice.remote(False)), ray.get(nice.remote(True)))
 """
 
 
+@pytest.mark.slow
 def test_cell_processes_run_at_normal_priority():
     """Ray starts its workers at nice 15 (a busy host then starves a cell: a task-mode cell's
     start took 65 s instead of 4 s beside two busy loops on 2 cores). A private cluster starts
