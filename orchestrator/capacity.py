@@ -21,6 +21,7 @@ memory (or the limit) is the extrapolation the notebook did by hand.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -187,10 +188,7 @@ class CapacityPlanner:
 
     def targets(self) -> dict[str, int]:
         """The targets of the searches, and how many trials each could run at once."""
-        out: dict[str, int] = {}
-        for s in self.searches:
-            out[s.key.target] = out.get(s.key.target, 0) + 1
-        return out
+        return dict(collections.Counter(s.key.target for s in self.searches))
 
     def next_round(self) -> list[Cell]:
         open_ = [s for s in self.searches if not s.done]

@@ -30,13 +30,6 @@ class ClusterError(ConfigError):
     """The cluster cannot run this sweep: one line, exit 2, before any cell runs."""
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Ray's C++ core writes its retries straight to file descriptor 2: keep them off the terminal."""
-    with captured_fd2():
-        yield
-
-
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a host:port nobody answers (ray.init would retry for minutes)."""
     hostport = address.split("://", 1)[-1]
@@ -58,7 +51,7 @@ def check_token(address: str) -> None:
         from ray.exceptions import AuthenticationError
     except ImportError:  # another Ray: ray.init will say it
         return
-    with _quiet_stderr():
+    with captured_fd2():  # Ray's C++ core writes its retries straight to fd 2: off the terminal
         try:
             GcsClient(address=address)
         except AuthenticationError:
@@ -93,7 +86,7 @@ def connect(c, prestart_workers: bool = False) -> str:
         check_token(address)
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "5")
         try:
-            with _quiet_stderr() if not c.verbose else contextlib.nullcontext():
+            with captured_fd2() if not c.verbose else contextlib.nullcontext():  # Ray's retries
                 ray.init(address=address, **kw)
         except Exception as exc:  # unreachable address, no cluster running, version skew, a token
             text = f"{exc} {exc.__cause__ or ''}"

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -154,17 +155,20 @@ class Rounds:
             done = self.store.finished_since(self.since, self.summary.run_id)
             for c in [c for c in mine if c.cell_id in done]:
                 self.store.claims.release(c.cell_id, self.summary.run_id)
-                self._done_elsewhere(c)
+            self._done_elsewhere([c for c in mine if c.cell_id in done])
             mine = [c for c in mine if c.cell_id not in done]
         if theirs and not quiet:
             log.info("%d cells are being measured by another sweep on this store: waiting for their rows "
                      "instead of measuring them twice", len(theirs))
         return mine, theirs
 
-    def _done_elsewhere(self, cell: Cell) -> None:
-        self.summary.elsewhere += 1
-        if self.cfg.capacity.enabled:
-            self.planner.record(cell, self.store.latest().set_index("cell_id").loc[cell.cell_id].to_dict())
+    def _done_elsewhere(self, cells: list[Cell]) -> None:
+        """Cells another sweep measured: counted, and their rows given to a planner that reads them."""
+        self.summary.elsewhere += len(cells)
+        if cells and self.cfg.capacity.enabled:
+            rows = self.store.latest().set_index("cell_id")  # read once for all of them
+            for c in cells:
+                self.planner.record(c, rows.loc[c.cell_id].to_dict())
 
     def _wait_for_others(self, cells: list[Cell]) -> None:
         """Cells another live sweep holds: take their rows when they land, or measure them if that
@@ -172,8 +176,7 @@ class Rounds:
         while cells:
             self.session.idle(1.0)
             done = self.store.finished_since(self.since, self.summary.run_id)
-            for c in [c for c in cells if c.cell_id in done]:
-                self._done_elsewhere(c)
+            self._done_elsewhere([c for c in cells if c.cell_id in done])
             mine, cells = self._claim([c for c in cells if c.cell_id not in done], quiet=True)
             self._execute(mine)
 
@@ -201,8 +204,6 @@ def run(cfg, output_dir: str | None = None) -> Summary:
         store.prepare()
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
-    import os
-
     from orchestrator import auth, forkserver
 
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")

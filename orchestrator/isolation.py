@@ -9,15 +9,14 @@ points, so that nothing another cell does overlaps what this cell measures:
   while earlier cells run, but never during another cell's measured window (memory pass to the
   end of the timing): ``tasks.device.gpu_quiet`` holds a lock per GPU around both (a context
   starting beside timed kernels moved their medians by up to 24% on an H200).
-* **prepare** (inputs, first call) waits until the previous cell has measured and freed its
-  memory (it then returns its result and exits). A prepare that runs out of memory meanwhile
-  is tried again once the previous cell's process is gone.
-* **measure** (warm-up, kernel check, accuracy, memory pass, timing) waits until the previous
-  cell has returned its result; the memory pass also waits until the previous cell's process
-  is gone. NVML's device reading leaves out the waiting cells' processes (``tasks.device``).
+* **prepare** (inputs, first call) and **measure** (warm-up, memory pass, accuracy, kernel
+  check, timing) wait until the previous cell has measured, freed its memory and returned its
+  result (its process then exits). A prepare that runs out of memory meanwhile is tried again
+  once the previous cell's process is gone; the memory pass also waits until then. NVML's
+  device reading leaves out the waiting cells' processes (``tasks.device``).
 
 A cell's deadline counts its own work only: from the moment its process is ready (started,
-given its cell) to its result, less the time it waited for the previous cell. Process start
+given its cell, the previous cell done) to its result. Process start
 has its own, generous limit. A child that dies or overruns becomes a ``crashed`` or
 ``timeout`` result. No Ray here: the actor in ``executor.py`` wraps this.
 """
@@ -74,8 +73,8 @@ def child_main(fd: int) -> None:
 def _serve(conn) -> None:
     from tasks import cell as cellrun
 
-    state = {"cell": None, "gpu": False, "go": None}
-    device, env, prepared, out = None, None, None, None
+    state = {"cell": None, "go": None}
+    device, env = None, None
     while True:
         msg = conn.recv()  # EOFError: the runner closed, never given a cell
         kind = msg[0]
@@ -93,16 +92,15 @@ def _serve(conn) -> None:
 
             conn.send(("probed", {"env": env, "ceilings": ceilings.measure(msg[1], device)}))
             os._exit(0)
-        elif kind in ("cell", "gpu", "go"):
-            state[kind] = msg[1] if len(msg) > 1 else True
-        if device is not None and state["cell"] is not None and state["gpu"] and out is None:
+        elif kind in ("cell", "go"):  # ("go", {"after_pid": the previous cell's process})
+            state[kind] = msg[1]
+        if device is not None and state["cell"] is not None and state["go"] is not None:
             out = cellrun.Outcome()
             out.cols |= env
             conn.send(("ready", time.time()))
+            prepared = None
             with out:
                 prepared = cellrun.Prepared(state["cell"], device)
-            conn.send(("prepared", time.time()))
-        if out is not None and state["go"] is not None:
             _measure(conn, cellrun, out, prepared, env, state["cell"], device, state["go"])
 
 
@@ -129,7 +127,6 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> None:
             out.cols |= cellrun.measure(prepared, nvml, before_memory=previous_gone)
             out.cols["status"] = Status.OK.value
     cellrun.release(prepared)  # the device's memory back before the next cell prepares
-    conn.send(("timed",))
     conn.send(("result", out.done(t_go)))
     os._exit(0)  # no interpreter teardown; the next cell waits until this process is gone
 
@@ -168,25 +165,20 @@ class Child:
 
 
 class Turn:
-    """One cell's place in the device's order. Its events are set in order (never before the
-    previous cell's), so a cell that ends early cannot let the next one past a measuring cell."""
+    """One cell's place in the device's order. ``released`` is set once its result is in (or
+    its process is gone), never before the previous cell's, so a cell that ends early cannot let
+    the next one past a measuring cell."""
 
     def __init__(self, child: Child, prev: Turn | None):
         self.child, self.prev = child, prev
-        self.gpu_free = threading.Event()  # timing done (or the cell ended): the next may prepare
-        self.released = threading.Event()  # result in (or the process gone): the next may measure
+        self.released = threading.Event()
 
-    def wait_prev(self, event: str) -> None:
+    def wait_prev(self) -> None:
         if self.prev is not None:
-            getattr(self.prev, event).wait()
-
-    def free_gpu(self) -> None:
-        self.wait_prev("gpu_free")
-        self.gpu_free.set()
+            self.prev.released.wait()
 
     def release(self) -> None:
-        self.free_gpu()
-        self.wait_prev("released")
+        self.wait_prev()
         self.released.set()
         self.prev = None  # done with it: no chain of every earlier cell
 
@@ -264,7 +256,7 @@ class ForkRunner:
             return self._attempt(turn, spec, timeout_s, started)
         except StartFailed:  # a waiting process could not start (no memory beside a large cell): once more, alone
             turn.child.close()
-            turn.wait_prev("released")
+            turn.wait_prev()
             turn.child = self._fork(start=False)
         try:
             return self._attempt(turn, spec, timeout_s, started)
@@ -275,25 +267,15 @@ class ForkRunner:
     def _attempt(self, turn: Turn, spec: dict, timeout_s: float, started: float) -> dict:
         child = turn.child
         child.send("cell", spec)
-        turn.wait_prev("gpu_free")
+        turn.wait_prev()  # the previous cell has measured, freed its memory and returned its result
         if not child.started:  # no prewarm: the process starts its device only now
-            turn.wait_prev("released")
             self._start(child)
-        child.send("gpu")
+        child.send("go", {"after_pid": turn.prev.child.pid if turn.prev is not None else None})
         t_turn = time.monotonic()
         try:
             self._until(child, {"ready"}, t_turn + self.start_timeout_s)
             spawn_s = time.monotonic() - t_turn
-            deadline = time.monotonic() + timeout_s
-            kind, body = self._until(child, {"prepared", "result"}, deadline)
-            if kind == "prepared":
-                t_wait = time.monotonic()
-                turn.wait_prev("released")
-                deadline += time.monotonic() - t_wait  # waiting for the previous cell is not this cell's time
-                child.send("go", {"after_pid": turn.prev.child.pid if turn.prev is not None else None})
-                while (msg := self._until(child, {"timed", "result"}, deadline))[0] == "timed":
-                    turn.free_gpu()
-                body = msg[1]
+            body = self._until(child, {"result"}, time.monotonic() + timeout_s)[1]
             return body | {"spawn_s": spawn_s, "cell_wall_s": time.monotonic() - t_turn}
         except Overrun as exc:
             child.kill()

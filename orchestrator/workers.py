@@ -16,10 +16,11 @@ from orchestrator.isolation import ForkRunner
 
 def normal_priority() -> None:
     """Undo Ray's nice 15 for this worker's threads (and what they start: a fork server, the
-    cell's own threads), back to the node's priority (its raylet's), where this user may: at nice 15 a cell loses the CPU to every busy
-    process on the host, which stretched a task-mode cell's start from 4 s to 65 s on a loaded
-    2-core machine, and slows the launches that ``host_median_ms`` times. A private cluster
-    starts its workers at the node's priority already (``cluster.connect``)."""
+    cell's own threads), back to the node's priority (its raylet's), where this user may. At
+    nice 15 a cell loses the CPU to every busy process on the host: a task-mode cell's start
+    took 65 s instead of 4 s on a loaded 2-core machine, and its launches (``host_median_ms``)
+    slow down too. A private cluster starts its workers at the node's priority already
+    (``cluster.connect``)."""
     try:
         node = os.getpriority(os.PRIO_PROCESS, os.getppid())  # the raylet's: the node's priority
         tids = [int(t) for t in os.listdir("/proc/self/task")]
