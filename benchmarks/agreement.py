@@ -37,14 +37,13 @@ KEY = ["backend", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_siz
 
 def measure(kind: str, overrides: list[str], store: Path):
     import pandas as pd
-    import ray
 
+    from orchestrator import cluster
     from orchestrator.driver import run
 
     name, _, gpus = kind.partition(":")
     extra = [f"cluster.num_gpus={gpus}"] if gpus else []
-    if ray.is_initialized():
-        ray.shutdown()  # each run starts its own cluster (and its own device count)
+    cluster.shutdown()  # each run starts its own cluster (and its own device count)
     summary = run(compose([*overrides, *KINDS[name], *extra, "run.rerun=all", "report.enabled=false",
                            "run.progress=false", f"store.path={store}"]))
     df = pd.read_parquet(store)

@@ -31,23 +31,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from agreement import KEY  # noqa: E402
 
 CELLS = {
     "full": ["+sweep=full", "grid.dtypes=[bfloat16]", "grid.head_dims=[128]"],
     "cpu": ["+sweep=smoke", "grid.backends=[math,eager,flash]", "grid.seq_lens=[64,128,256,512]",
             "grid.batch_sizes=[1,2]", "grid.head_dims=[32]", "grid.num_heads=[4]"],
 }
-KEY = ["backend", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]
 
 
 def cells_of(name: str):
-    from hydra import compose, initialize_config_dir
+    from overhead import compose
 
-    import orchestrator.config  # noqa: F401  (the schema)
     from orchestrator.driver import plan
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return plan(compose("config", overrides=CELLS[name]))
+    return plan(compose(CELLS[name]))
 
 
 # ----------------------------------------------------------------------------- the loops (child process)
@@ -93,7 +91,7 @@ def loop(kind: str, cells: str, out: str) -> None:
         tt = None
     results, t0 = {}, time.perf_counter()
     for cell in cells_of(cells):
-        key = "|".join(str(getattr(cell, k)) for k in KEY)
+        key = key_of(cell.params())
         try:
             work = attention.build({**cell.params(), "seed": 0}, device)
             with torch.inference_mode(), work.pinned():
@@ -195,12 +193,12 @@ def main() -> None:
         return loop(args.loop, args.cells, args.out)
     import pandas as pd
 
+    # a GPU here? (importing torch once also warms the page cache for every contender alike)
     gpu = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
                          capture_output=True, text=True).stdout.strip() not in ("", "0")
     cells = args.cells or ("full" if gpu else "cpu")
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="inprocess-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", "import torch"], check=True)  # page cache warm for every contender
     me = [sys.executable, str(Path(__file__).resolve()), "--cells", cells]
     walls, loops = {}, {}
     for kind in ("dobench", "graph"):

@@ -44,6 +44,13 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def gpu_lock_path() -> str:
+    """The lock file of the GPU this process sees (``gpu_quiet``), in this node's shared memory."""
+    key = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return os.path.join(folder, f"attention-sweep-gpu-{key or 'none'}.lock")
+
+
 @contextlib.contextmanager
 def gpu_quiet():
     """Hold this node's lock for the GPU this process sees (``CUDA_VISIBLE_DEVICES``).
@@ -55,10 +62,8 @@ def gpu_quiet():
     medians of 5-20 ms kernels by up to 24% between two runs (p90 6%), against 4.9% (p90 0.6%)
     with no process started ahead. A lock file, so that a process killed while holding it
     lets go."""
-    key = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     try:
-        fd = os.open(os.path.join(folder, f"attention-sweep-gpu-{key or 'none'}.lock"), os.O_RDONLY | os.O_CREAT, 0o666)
+        fd = os.open(gpu_lock_path(), os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError:  # another user's lock file we cannot open: measure without it
         yield
         return

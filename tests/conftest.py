@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -81,11 +83,50 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip themselves where there is no GPU (`-m "not slow"` replaces the default `-m 'not gpu'`)."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
     import torch
 
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: run `pytest -m gpu` on a GPU machine")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu:
+        item.add_marker(skip)
+
+
+# ----------------------------------------------------------------------------- every reader of the dataset
+
+
+def readers() -> dict:
+    """Each way a user reads the dataset: a function of the folder giving the row_ids it sees."""
+    import pyarrow.dataset as ds
+
+    duckdb = pytest.importorskip("duckdb")  # test dependencies ('.[test]'); a GPU machine may lack them
+    pl = pytest.importorskip("polars")
+    return {
+        "pandas": lambda p: pd.read_parquet(p)["row_id"].tolist(),
+        "pyarrow": lambda p: ds.dataset(p, format="parquet").to_table(columns=["row_id"])["row_id"].to_pylist(),
+        "duckdb **": lambda p: [r[0] for r in duckdb.sql(f"select row_id from '{p}/**/*.parquet'").fetchall()],
+        "duckdb dir": lambda p: [r[0] for r in duckdb.sql(f"select row_id from read_parquet('{p}')").fetchall()],
+        "polars": lambda p: pl.read_parquet(p)["row_id"].to_list(),
+        "polars scan": lambda p: pl.scan_parquet(p).select("row_id").collect()["row_id"].to_list(),
+    }
+
+
+def each_row_once(path, expected: set[str] | None = None, cells: int | None = None) -> None:
+    """Every reader sees every row exactly once (and, given, exactly these rows / this many cells).
+    With FAULT_MATRIX_LOG=FILE, each reader's count is appended to FILE (for a table of them)."""
+    for name, read in readers().items():
+        ids = read(str(path))
+        if os.environ.get("FAULT_MATRIX_LOG"):
+            with open(os.environ["FAULT_MATRIX_LOG"], "a") as f:
+                f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "reader": name,
+                                    "rows": len(ids), "twice": len(ids) - len(set(ids)),
+                                    "expected": None if expected is None else len(expected)}) + "\n")
+        assert len(ids) == len(set(ids)), f"{name}: {len(ids) - len(set(ids))} rows twice"
+        if expected is not None:
+            assert set(ids) == expected, f"{name}: {len(set(ids) ^ expected)} rows differ"
+    if cells is not None:
+        df = pd.read_parquet(path)
+        assert df.cell_id.nunique() == cells and len(df) == cells, "a cell measured twice"

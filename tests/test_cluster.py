@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 from conftest import ROOT, make_cfg, run_cli
-from test_scheduling import max_overlap
+from test_scheduling import SPREAD, max_overlap
 
 from orchestrator.driver import run
 
@@ -79,11 +79,6 @@ def driver_env(home: dict, **more) -> dict:
     return {**{k: None for k in os.environ if k.startswith("RAY_")}, **home, **more}
 
 
-SPREAD = ["+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64,96,128,160,192,224,256,288]",
-          "measure.warmup_ms=100", "measure.budget_ms=600", "measure.max_iters=100000", "measure.precision=0",
-          "run.device=cpu"]
-
-
 @pytest.mark.slow
 def test_sweep_joins_a_cluster_with_token_authentication_and_uses_its_four_gpus(token_head, tmp_path):
     """Ray's defaults: `ray start` found a token in ~/.ray, so the cluster checks it; the sweep
@@ -105,7 +100,7 @@ def test_sweep_joins_a_cluster_with_token_authentication_and_uses_its_four_gpus(
     again = run_cli(*SPREAD, f"store.path={store}", f"hydra.run.dir={tmp_path / 'run2'}", "run.rerun=all",
                     env=driver_env(home, RAY_ADDRESS=address))  # RAY_ADDRESS: the same
     assert again.returncode == 0 and again.stdout.splitlines()[0].endswith(address), again.stderr[-2000:]
-    assert "4 GPU" in again.stdout or "GPUs: 4" in again.stdout
+    assert "GPUs: 4" in again.stdout
 
 
 @pytest.mark.slow
@@ -230,5 +225,4 @@ def test_cell_processes_run_at_normal_priority():
     assert nice("ours") == [me, me]
     plain, fixed = nice("plain")
     assert plain > me  # Ray lowered it
-    if os.geteuid() == 0:  # may raise a priority again
-        assert fixed == me
+    assert fixed == (me if os.geteuid() == 0 else plain)  # raised again where permitted, else Ray's kept

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 from tasks.cell import run_cell
 from tasks.device import _text, nvml_uuid
@@ -37,7 +38,7 @@ def fresh_process_cell(cell: dict) -> dict:
     code = ("import json, sys; from tasks.cell import run_cell; "
             "print(json.dumps(run_cell(json.loads(sys.argv[1])), default=str))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(cell)], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

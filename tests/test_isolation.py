@@ -1,7 +1,7 @@
 """The forked-child runner, without Ray: fresh processes, deadlines that count the cell's own
 work, and the hand-over between cells (the next one starts early, never measures early)."""
 
-import glob
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,12 +11,11 @@ from datetime import timedelta
 
 import psutil
 import pytest
+from conftest import ROOT
 
 from orchestrator import forkserver
 from orchestrator.isolation import ForkRunner
 from tasks.device import wait_gone
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MEASURE = dict(warmup_iters=1, warmup_ms=0.0, budget_ms=5.0, min_iters=2, max_iters=5, flush_l2=False,
                memory=False, accuracy=True, kernels="ops", seed=0)
@@ -28,11 +27,16 @@ def spec(backend, n=64):
 
 
 @pytest.fixture(scope="module")
-def server():
+def fork_server():
     address, proc = forkserver.start()
-    yield address
+    yield address, proc
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(fork_server):
+    return fork_server[0]
 
 
 def gone(pid: int) -> bool:
@@ -55,24 +59,52 @@ HOLD = ("import sys, time; from tasks.device import gpu_quiet\n"
         "with gpu_quiet():\n    print('held', flush=True); time.sleep(float(sys.argv[1]))")
 
 
-def test_one_gpu_is_quiet_for_one_process_at_a_time(monkeypatch):
+@pytest.fixture
+def made_up_gpu(monkeypatch):
+    """Point CUDA_VISIBLE_DEVICES at a GPU name of its own; returns a function that switches to
+    another such name. Their lock files and the lock holders started go afterwards."""
+    from tasks.device import gpu_lock_path
+
+    paths, holders = [], []
+
+    def switch() -> None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"test-{time.time_ns()}")
+        paths.append(gpu_lock_path())
+
+    switch.holders = holders
+    switch()
+    yield switch
+    for h in holders:
+        h.kill()
+        h.wait()
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def hold(made_up_gpu, seconds: float) -> subprocess.Popen:
+    """A process that holds the current GPU's lock for `seconds`, once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    made_up_gpu.holders.append(holder)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_one_gpu_is_quiet_for_one_process_at_a_time(made_up_gpu, monkeypatch):
     """A cell process starting its CUDA context waits while another times its kernels on the
     same GPU (and the other way round); another GPU does not wait; a killed holder lets go."""
     from tasks.device import gpu_quiet
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"test-{time.time_ns()}")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, "1.0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold(made_up_gpu, 1.0)
     t0 = time.perf_counter()
     with gpu_quiet():
         waited = time.perf_counter() - t0
     assert waited > 0.5  # until the holder's measured window ended
     holder.wait()
-    gpu = f"test-{time.time_ns()}"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpu)
-    killed = subprocess.Popen([sys.executable, "-c", HOLD, "600"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert killed.stdout.readline().strip() == "held"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"other-{time.time_ns()}")
+    made_up_gpu()
+    killed = hold(made_up_gpu, 600)
+    gpu = os.environ["CUDA_VISIBLE_DEVICES"]
+    made_up_gpu()
     t0 = time.perf_counter()
     with gpu_quiet():  # another GPU: no wait
         assert time.perf_counter() - t0 < 0.5
@@ -82,18 +114,13 @@ def test_one_gpu_is_quiet_for_one_process_at_a_time(monkeypatch):
     t0 = time.perf_counter()
     with gpu_quiet():  # the killed holder's lock went with it
         assert time.perf_counter() - t0 < 0.5
-    for key in ("test-", "other-"):  # the lock files of these made-up GPUs
-        for folder in ("/dev/shm", "/tmp"):
-            for f in glob.glob(f"{folder}/attention-sweep-gpu-{key}*.lock"):
-                os.unlink(f)
 
 
-def test_cells_overlap_their_start_but_never_their_measurement(server):
+def test_cells_overlap_their_start_but_never_their_measurement(fork_server):
     """The actor hands the runner several cells at once (as the pool does): each is a fresh
     process, the next one is alive and started before the last ends, yet no cell begins
     measuring before the previous one has returned its result."""
-    server_pid = next(p.pid for p in psutil.process_iter(["cmdline"])
-                      if server in " ".join(p.info["cmdline"] or []))
+    server, server_pid = fork_server[0], fork_server[1].pid
     runner = ForkRunner(server, "cpu", prewarm=1)
     backends = ["math", "flash", "eager", "math", "flash", "eager"]
     most = []

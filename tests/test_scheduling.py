@@ -19,12 +19,14 @@ def max_overlap(df: pd.DataFrame) -> int:
     return best
 
 
+# 8 like cells long enough (0.7 s each) that every device is seen measuring at once
+SPREAD = ["+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64,96,128,160,192,224,256,288]",
+          "measure.warmup_ms=100", "measure.budget_ms=600", "measure.max_iters=100000", "measure.precision=0",
+          "run.device=cpu"]
+
+
 def fake_gpu_sweep(tmp_path, isolation):
-    cfg = make_cfg(
-        "+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64,96,128,160,192,224,256,288]",
-        "measure.warmup_ms=100", "measure.budget_ms=600", "measure.max_iters=100000", "measure.precision=0",
-        "run.device=cpu", f"run.isolation={isolation}", store=tmp_path / isolation,
-    )
+    cfg = make_cfg(*SPREAD, f"run.isolation={isolation}", store=tmp_path / isolation)
     summary = run(cfg)
     return summary, pd.read_parquet(tmp_path / isolation)
 
