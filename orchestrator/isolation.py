@@ -6,11 +6,12 @@ points, so that nothing another cell does overlaps what this cell measures:
 
 * **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, about 0.4 s on an
   H100) runs as soon as the child is forked: ``prewarm`` children are started ahead of time
-  while earlier cells run, but never during another cell's measured window (memory pass to the
-  end of the timing): ``tasks.device.gpu_quiet`` holds a lock per GPU around both (a context
-  starting beside timed kernels moved their medians by up to 24% on an H200).
-* **prepare** (inputs, first call) and **measure** (warm-up, memory pass, accuracy, kernel
-  check, timing) wait until the previous cell has measured, freed its memory and returned its
+  while earlier cells run, all at once when none is left waiting (their starts overlap), but never during another cell's quiet window (its
+  memory pass, host-inclusive calls and timing): ``tasks.device.gpu_quiet`` keeps them apart
+  with a lock per GPU (a context starting beside timed kernels moved their medians by up to
+  24% on an H200).
+* **prepare** (inputs, first call) and **measure** (warm-up, accuracy, kernel check, then the
+  quiet window) wait until the previous cell has measured, freed its memory and returned its
   result (its process then exits). A prepare that runs out of memory meanwhile is tried again
   once the previous cell's process is gone; the memory pass also waits until then. NVML's
   device reading leaves out the waiting cells' processes (``tasks.device``).
@@ -234,8 +235,8 @@ class ForkRunner:
     def _take(self) -> Turn:
         with self.lock:
             child = self.waiting.popleft() if self.waiting else self._fork(start=self.prewarm > 0)
-            while len(self.waiting) < self.prewarm:
-                self.waiting.append(self._fork(start=True))
+            if not self.waiting:  # all of the next ones at once: their starts overlap one another
+                self.waiting.extend(self._fork(start=True) for _ in range(self.prewarm))
             turn = self.last = Turn(child, self.last)
             return turn
 

@@ -7,10 +7,10 @@ see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
    (host-bound, about 0.4 s on an H100), the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
-3. ``measure``: warm-up, the memory pass, the fp32 accuracy check, the kernel check, then the
-   timing. ``before_memory`` is called before the memory pass (the previous cell's process and
-   memory must be gone for NVML's device reading). The next cell prepares only once this one
-   has measured and freed its memory.
+3. ``measure``: warm-up, the fp32 accuracy check, the kernel check, then the quiet window:
+   the memory pass, the host-inclusive calls and the timing. ``before_memory`` is called before
+   the memory pass (the previous cell's process and memory must be gone for NVML's device
+   reading). The next cell prepares only once this one has measured and freed its memory.
 
 The caller gives this process exactly one device (a GPU through ``CUDA_VISIBLE_DEVICES``,
 or the CPU).
@@ -74,8 +74,8 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
-    with gpu_quiet():  # never while another cell on this GPU times its kernels
-        torch.cuda.init()
+    torch.cuda.init()  # the driver's start (about 0.1 s of host work): no context yet
+    with gpu_quiet(shared=True):  # never while another cell on this GPU is in its quiet window
         device = torch.device("cuda", 0)
         torch.empty(1, device=device)  # the context
         env = environment(device)
@@ -115,23 +115,26 @@ class Prepared:
 
 def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lambda: None) -> dict:
     """A prepared cell's measured columns, in this order: warm-up (on the stream the graph will
-    be captured on), the memory pass, the accuracy check (of the memory pass's output), the
-    kernel check, then the timing. The memory pass comes before anything of the timing exists
-    (its flush buffer, its graph); ``before_memory`` waits until the previous cell's process and
-    its memory are gone. Nothing another cell does overlaps the memory pass or the timing."""
+    be captured on), the accuracy check (of the last warm-up call's output), the kernel check;
+    then, in the cell's quiet window, the memory pass, the host-inclusive calls and the timing.
+
+    ``before_memory`` waits until the previous cell's process and its memory are gone. The
+    quiet window (``gpu_quiet``) keeps every other cell process on this GPU from starting its
+    CUDA context meanwhile; nothing reported rests on what comes before it."""
     m, work, device = p.spec["measure"], p.work, p.device
     protocol = timing.Protocol.of(m)
-    warmed = timing.warm(work.step, device, protocol)
+    warmed, out = timing.warm(work.step, device, protocol)
+    t0 = time.perf_counter()
+    err = work.check(None if work.train else out) if m["accuracy"] else None
+    del out
+    t1 = time.perf_counter()
+    how = m.get("kernels", "ops")
+    ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
+    t2 = time.perf_counter()
     before_memory()
-    with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext():  # no other cell starts meanwhile
+    with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext():
         mem, out = timing.measure_memory(work.step, device, nvml) if m["memory"] else ({}, None)
-        t0 = time.perf_counter()
-        err = work.check(None if work.train else out) if m["accuracy"] else None
         del out
-        t1 = time.perf_counter()
-        how = m.get("kernels", "ops")
-        ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
-        t2 = time.perf_counter()
         clock = ClockSampler(nvml.handle) if nvml is not None else None
         t = timing.timed(work.step, device, protocol, warmed, clock)
     t |= clock.cols() if clock is not None else {}

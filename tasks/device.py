@@ -52,23 +52,23 @@ def gpu_lock_path() -> str:
 
 
 @contextlib.contextmanager
-def gpu_quiet():
+def gpu_quiet(shared: bool = False):
     """Hold this node's lock for the GPU this process sees (``CUDA_VISIBLE_DEVICES``).
 
-    Taken around the GPU work a cell process does while others share its device: its start
-    (CUDA context, cuBLAS, the accuracy kernels' first launch) and its measured window (the
-    memory pass through the timing). A process that starts its context while another times
-    its kernels slows them: on an H200, cells started ahead of the measuring one moved the
-    medians of 5-20 ms kernels by up to 24% between two runs (p90 6%), against 4.9% (p90 0.6%)
-    with no process started ahead. A lock file, so that a process killed while holding it
-    lets go."""
+    A cell's quiet window (its memory pass and timing) holds it alone; cell processes starting
+    their CUDA context (the context, cuBLAS, the accuracy kernels' first launch) hold it
+    ``shared``: several start at once, none while a cell is in its quiet window. A process that
+    starts its context while another times its kernels slows them: on an H200, cells started
+    ahead of the measuring one moved the medians of 5-20 ms kernels by up to 24% between two
+    runs (p90 6%), against 4.9% (p90 0.6%) with no process started ahead. A lock file, so that
+    a process killed while holding it lets go."""
     try:
         fd = os.open(gpu_lock_path(), os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError:  # another user's lock file we cannot open: measure without it
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # the lock goes with the descriptor

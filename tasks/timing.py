@@ -1,21 +1,27 @@
 """The one timing function and the one memory function that every workload uses.
 
-Timing on CUDA (``time_fn``):
+Timing on CUDA (``warm``, then ``timed``; ``time_fn`` runs both):
 
-1. Warm-up: calls between two CUDA events, each after an L2 flush and waited for, until
-   ``warmup_iters`` calls and ``warmup_ms`` have passed. Their median is the *host-inclusive*
-   time: what one call costs as Python launches it (a small call can finish on the GPU before
-   the host has queued its next kernel; then these events time the host).
-2. Capture the call in a CUDA graph and time graph replays between events, the L2 flushed
+1. Warm-up (``warm``): calls, each waited for, until ``warmup_iters`` calls and ``warmup_ms``
+   have passed, on the stream the graph will be captured on. Nothing reported rests on these
+   calls (a cell process may start its CUDA context beside them); the last one's output is
+   the accuracy check's.
+2. The host-inclusive time (``timed``, where nothing else runs on the GPU): calls on the
+   current stream, each between two CUDA events after an L2 flush and waited for, until
+   ``_HOST_MS`` have passed (at least one call). Their median is ``host_median_ms``: what one
+   call costs as Python launches it (a small call can finish on the GPU before the host has
+   queued its next kernel; then these events time the host). They follow the warm-up and the
+   memory pass, so a long call's figure is a warm call's, not a first allocation's.
+3. Capture the call in a CUDA graph and time graph replays between events, the L2 flushed
    before each (``timing_method=cuda_graph``): device time, which repeats to about 1%. A call
-   that cannot be captured (it syncs, or a compiled backend refuses) is timed as in 1, and the
+   that cannot be captured (it syncs, or a compiled backend refuses) is timed as in 2, and the
    row says why (``cuda_events``, ``timing_note``).
-3. Stop when the median is known well enough: its 95% confidence interval (order statistics)
+4. Stop when the median is known well enough: its 95% confidence interval (order statistics)
    within ``precision`` of it, or ``budget_ms`` spent, or ``max_iters`` calls; never before
    ``min_iters``. A long call (tens of ms) stops after ``min_iters``; a short one after as many
    replays as its spread needs. The row records how it stopped.
 
-On the CPU the same protocol runs with a monotonic clock (``cpu_clock``).
+On the CPU the same protocol runs with a monotonic clock (``cpu_clock``), without step 2.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from tasks.stderr import captured_fd2
 
 _L2_FLUSH_BYTES = 256 << 20  # larger than any L2 yet (H100: 50 MB), as triton's do_bench
 _BATCH_S = 0.01  # timed calls between two checks of the stopping rule, at first
+_HOST_MS = 10.0  # the host-inclusive pass: calls until this long (at least one)
 _Z95 = 1.96
 
 
@@ -123,15 +130,27 @@ class Timer:
         self.flush = None
 
 
-def warm_up(timer: Timer, fn: Callable, p: Protocol) -> tuple[dict, list[float]]:
+def warm_up(fn: Callable, device: torch.device, p: Protocol) -> tuple[dict, object]:
     """Call fn until warmup_iters calls and warmup_ms have passed, each waited for; return the
-    warm-up columns and the per-call times (the host-inclusive samples). Called on the stream
-    the graph will be captured on, so that the capture needs no call of its own."""
+    warm-up columns and the last call's output. Called on the stream the graph will be
+    captured on, so that the capture needs no call of its own."""
     t0 = time.perf_counter()
-    samples: list[float] = []
-    while len(samples) < p.warmup_iters or (time.perf_counter() - t0) * 1e3 < p.warmup_ms:
-        samples += timer.batch(fn, 1, wait_each=True)
-    return {"warmup_iters": len(samples), "warmup_s": time.perf_counter() - t0}, samples
+    n, out = 0, None
+    while n < p.warmup_iters or (time.perf_counter() - t0) * 1e3 < p.warmup_ms:
+        out = None  # one output alive at a time
+        out = fn()
+        _sync(device)
+        n += 1
+    return {"warmup_iters": n, "warmup_s": time.perf_counter() - t0}, out
+
+
+def host_pass(timer: Timer, fn: Callable) -> list[float]:
+    """The host-inclusive samples: calls between events, each waited for, on the current stream,
+    until ``_HOST_MS`` have passed (at least one)."""
+    t0, ms = time.perf_counter(), []
+    while not ms or (time.perf_counter() - t0) * 1e3 < _HOST_MS:
+        ms += timer.batch(fn, 1, wait_each=True)
+    return ms
 
 
 def capture(fn: Callable, device: torch.device, stream):
@@ -169,42 +188,42 @@ def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol) -> tuple
         batch = max(1, min(len(ms), left, p.max_iters - len(ms)))  # double, within the budget
 
 
-def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[dict, list[float], object]:
-    """The warm-up alone (its L2-flush buffer freed after): its columns, the host samples, and
-    the stream it ran on (the capture's)."""
-    timer = Timer(device, p.flush_l2)
-    stream = torch.cuda.Stream(device) if timer.cuda else None
-    try:
-        if stream is None:
-            return (*warm_up(timer, fn, p), None)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            cols, host = warm_up(timer, fn, p)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        return cols, host, stream
-    finally:
-        timer.close()
+def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[tuple, object]:
+    """The warm-up alone: ``(warm-up columns, the stream it ran on (the capture's))`` for
+    ``timed``, and the last call's output."""
+    if device.type != "cuda":
+        cols, out = warm_up(fn, device, p)
+        return (cols, None), out
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        cols, out = warm_up(fn, device, p)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return (cols, stream), out
 
 
 def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
           while_busy: Callable[[torch.cuda.Event], None] | None = None) -> dict:
-    """After ``warm``: capture, time by the protocol above; the row's timing columns.
-    ``while_busy(last_event)`` is called after each timed batch is queued (the GPU's clock is
-    sampled until the batch is done)."""
-    cols, host, stream = warmed
-    timer = Timer(device, p.flush_l2, while_busy)
+    """After ``warm``: the host-inclusive pass, the capture, the timing by the protocol above;
+    the row's timing columns. ``while_busy(last_event)`` is called after each timed batch is
+    queued (the GPU's clock is sampled until the batch is done)."""
+    cols, stream = warmed
+    timer = Timer(device, p.flush_l2)
     t0 = time.perf_counter()
-    est_s = statistics.median(host) / 1e3
+    host = host_pass(timer, fn) if timer.cuda else []
+    est_s = (statistics.median(host) if host else cols["warmup_s"] * 1e3 / cols["warmup_iters"]) / 1e3
     graph, out, note = None, None, None
     if timer.cuda:
+        torch.cuda.empty_cache()  # the capture's private pool may need what the eager calls left cached
         if p.method in ("auto", "graph"):
             graph, out, note = capture(fn, device, stream)
         else:
             note = f"measure.method={p.method}"
     method = "cuda_graph" if graph is not None else ("cuda_events" if timer.cuda else "cpu_clock")
+    timer.while_busy = while_busy  # the clock is sampled while the timed calls run, not the host pass
     ms, stop = timed_loop(timer, graph.replay if graph is not None else fn, est_s, p)
     stats = summarize(ms)
-    host_med = statistics.median(host[1:] or host) if timer.cuda else None
+    host_med = statistics.median(host) if host else None
     cols = cols | {
         **stats,
         "timing_method": method,
@@ -223,7 +242,9 @@ def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
 
 def time_fn(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> dict:
     """Warm up, then time fn by the protocol above; the row's timing columns."""
-    return timed(fn, device, p, warm(fn, device, p))
+    warmed, out = warm(fn, device, p)
+    del out
+    return timed(fn, device, p, warmed)
 
 
 @contextlib.contextmanager

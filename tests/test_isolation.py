@@ -56,7 +56,7 @@ def test_wait_gone_waits_for_a_live_process_only():
 
 
 HOLD = ("import sys, time; from tasks.device import gpu_quiet\n"
-        "with gpu_quiet():\n    print('held', flush=True); time.sleep(float(sys.argv[1]))")
+        "with gpu_quiet(shared=sys.argv[2] == 'shared'):\n    print('held', flush=True); time.sleep(float(sys.argv[1]))")
 
 
 @pytest.fixture
@@ -82,9 +82,11 @@ def made_up_gpu(monkeypatch):
             os.unlink(path)
 
 
-def hold(made_up_gpu, seconds: float) -> subprocess.Popen:
-    """A process that holds the current GPU's lock for `seconds`, once it holds it."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+def hold(made_up_gpu, seconds: float, shared: bool = False) -> subprocess.Popen:
+    """A process that holds the current GPU's lock for `seconds` (as a starting cell process
+    does when `shared`, as a measuring one otherwise), once it holds it."""
+    how = "shared" if shared else "alone"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(seconds), how], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     made_up_gpu.holders.append(holder)
     assert holder.stdout.readline().strip() == "held"
     return holder
@@ -92,15 +94,24 @@ def hold(made_up_gpu, seconds: float) -> subprocess.Popen:
 
 def test_one_gpu_is_quiet_for_one_process_at_a_time(made_up_gpu, monkeypatch):
     """A cell process starting its CUDA context waits while another times its kernels on the
-    same GPU (and the other way round); another GPU does not wait; a killed holder lets go."""
+    same GPU (and the other way round); several start at once; another GPU does not wait; a
+    killed holder lets go."""
     from tasks.device import gpu_quiet
 
     holder = hold(made_up_gpu, 1.0)
     t0 = time.perf_counter()
+    with gpu_quiet(shared=True):
+        waited = time.perf_counter() - t0
+    assert waited > 0.5  # a start waits until the holder's quiet window ended
+    holder.wait()
+    starting = hold(made_up_gpu, 1.0, shared=True)
+    t0 = time.perf_counter()
+    with gpu_quiet(shared=True):  # another start beside it: no wait
+        assert time.perf_counter() - t0 < 0.5
     with gpu_quiet():
         waited = time.perf_counter() - t0
-    assert waited > 0.5  # until the holder's measured window ended
-    holder.wait()
+    assert waited > 0.5  # a quiet window waits until the start is done
+    starting.wait()
     made_up_gpu()
     killed = hold(made_up_gpu, 600)
     gpu = os.environ["CUDA_VISIBLE_DEVICES"]
