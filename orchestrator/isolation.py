@@ -6,10 +6,11 @@ points, so that nothing another cell does overlaps what this cell measures:
 
 * **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, about 0.4 s on an
   H100) runs as soon as the child is forked: ``prewarm`` children are started ahead of time
-  while earlier cells run, all at once when none is left waiting (their starts overlap), but never during another cell's quiet window (its
-  memory pass, host-inclusive calls and timing): ``tasks.device.gpu_quiet`` keeps them apart
-  with a lock per GPU (a context starting beside timed kernels moved their medians by up to
-  24% on an H200).
+  while earlier cells run, all at once when none is left waiting (their starts overlap), in
+  steps that never overlap another cell's quiet window (its memory pass, host-inclusive calls
+  and timing): ``tasks.device.gpu_quiet`` keeps them apart with a lock per GPU (a context
+  starting beside timed kernels moved their medians by up to 24% on an H200), and a waiting
+  window goes before the next step.
 * **prepare** (inputs, first call) and **measure** (warm-up, accuracy, kernel check, then the
   quiet window) wait until the previous cell has measured, freed its memory and returned its
   result (its process then exits). A prepare that runs out of memory meanwhile is tried again

@@ -85,7 +85,8 @@ COLUMNS: list[Column] = [
     Column("std_ms", F, "standard deviation"),
     Column("min_ms", F, "fastest call"),
     Column("host_median_ms", F, "median of calls timed between CUDA events as launched from Python (the host's "
-                                "launch speed included): 10 ms of warm calls (at least one), each waited for, after the memory pass"),
+                                "launch speed included): 10 ms of warm calls (at least one), each waited for, "
+                                "after the memory pass"),
     Column("launch_overhead_ms", F, "host_median_ms - median_ms, at least 0: time the GPU waits for launches"),
     Column("sm_clock_mhz", F, "GPU: mean SM clock (NVML), sampled every ms while the timed calls ran"),
     Column("clock_limits", S, "GPU: what held the clock down while timing (sw_power_cap, sw_thermal, "

@@ -19,6 +19,7 @@ or the CPU).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import time
@@ -55,34 +56,47 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
     return Status.ERROR.value, (msg + where)[:2000]
 
 
-def _warm_libraries(device: torch.device, dtypes) -> None:
-    """Load what every cell's later phases use, so that no measured phase pays for it: cuBLAS
-    in each dtype, and the fp32 math path of the accuracy reference (its softmax kernels)."""
-    for dt in {*dtypes, "float32"}:
-        a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
-        a @ a
-    from tasks.attention import reference
-
-    q = torch.ones(1, 2, 16, 16, device=device)
-    reference(q, q, q, True)  # the fp32 math backend, as the accuracy check runs it
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-
-
 def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
-    """This process's device, ready to measure; and its columns (environment, start-up cost)."""
+    """This process's device, ready to measure; and its columns (environment, start-up cost).
+
+    On a GPU, in steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU
+    work within it, so that a cell's quiet window on this GPU waits for one step at most: the
+    driver and the context; cuBLAS in each dtype; the fp32 math path of the accuracy reference
+    (its softmax kernels). No measured phase pays for loading these."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
-    with gpu_quiet(shared=True):  # never while another cell on this GPU is in its quiet window
-        torch.cuda.init()  # the driver's start: outside the lock, it moved medians by up to 13% on an H200
-        device = torch.device("cuda", 0)
-        torch.empty(1, device=device)  # the context
-        env = environment(device)
-        _warm_libraries(device, dtypes)
+    device = torch.device("cuda", 0)
+
+    env: dict = {}
+
+    def context() -> None:
+        torch.cuda.init()
+        torch.empty(1, device=device)
+        env.update(environment(device))
+
+    def blas(dt: str) -> None:
+        a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
+        a @ a
+
+    def accuracy_kernels() -> None:
+        from tasks.attention import reference
+
+        q = torch.ones(1, 2, 16, 16, device=device)
+        reference(q, q, q, True)  # the fp32 math backend, as the accuracy check runs it
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+    def context_bytes() -> None:
         if "gpu_uuid" in env:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
+
+    for work in [context, *(functools.partial(blas, dt) for dt in sorted({*dtypes, "float32"})),
+                 accuracy_kernels, context_bytes]:
+        # outside the lock, the driver's start and an NVML reading moved medians by up to 13% (H200)
+        with gpu_quiet(shared=True):
+            work()
+            torch.cuda.synchronize(device)
     return device, env | {"startup_s": time.perf_counter() - t0}
 
 

@@ -44,34 +44,51 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def gpu_lock_path() -> str:
-    """The lock file of the GPU this process sees (``gpu_quiet``), in this node's shared memory."""
+def gpu_lock_paths() -> tuple[str, str]:
+    """The lock file of the GPU this process sees (``gpu_quiet``) and its turnstile, in this
+    node's shared memory."""
     key = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    return os.path.join(folder, f"attention-sweep-gpu-{key or 'none'}.lock")
+    lock = os.path.join(folder, f"attention-sweep-gpu-{key or 'none'}.lock")
+    return lock, lock + ".next"
 
 
 @contextlib.contextmanager
 def gpu_quiet(shared: bool = False):
     """Hold this node's lock for the GPU this process sees (``CUDA_VISIBLE_DEVICES``).
 
-    A cell's quiet window (its memory pass and timing) holds it alone; cell processes starting
-    their CUDA context (the context, cuBLAS, the accuracy kernels' first launch) hold it
-    ``shared``: several start at once, none while a cell is in its quiet window. A process that
-    starts its context while another times its kernels slows them: on an H200, cells started
-    ahead of the measuring one moved the medians of 5-20 ms kernels by up to 24% between two
-    runs (p90 6%), against 4.9% (p90 0.6%) with no process started ahead. A lock file, so that
-    a process killed while holding it lets go."""
+    A cell's quiet window (its memory pass and timing) holds it alone; a cell process starting
+    its CUDA context holds it ``shared`` for each step of the start (the driver and context,
+    cuBLAS in each dtype, the accuracy kernels), its GPU work finished within the step: several
+    start at once, none while a cell is in its quiet window. A window that waits goes before
+    any step asked for after it (a turnstile), so it waits for one step at most, not for whole
+    starts. A process that starts its context while another times its kernels slows them: on an
+    H200, cells started ahead of the measuring one moved the medians of 5-20 ms kernels by up to
+    24% between two runs (p90 6%), against 4.9% (p90 0.6%) with no process started ahead. Lock
+    files, so that a process killed while holding one lets go."""
+    fds = []
     try:
-        fd = os.open(gpu_lock_path(), os.O_RDONLY | os.O_CREAT, 0o666)
-    except OSError:  # another user's lock file we cannot open: measure without it
+        for path in gpu_lock_paths():
+            fds.append(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666))
+    except OSError:  # another user's lock files we cannot open: measure without them
+        for fd in fds:
+            os.close(fd)
         yield
         return
+    lock, turnstile = fds
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        if shared:  # wait behind a window that is waiting for the lock
+            fcntl.flock(turnstile, fcntl.LOCK_SH)
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        else:
+            fcntl.flock(turnstile, fcntl.LOCK_EX)  # no new start step from now on
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the steps under way end
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
         yield
     finally:
-        os.close(fd)  # the lock goes with the descriptor
+        for fd in fds:
+            os.close(fd)  # the locks go with the descriptors
 
 
 def wait_gone(pid: int | None, timeout_s: float = 60.0) -> None:

@@ -5,6 +5,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -56,20 +57,22 @@ def test_wait_gone_waits_for_a_live_process_only():
 
 
 HOLD = ("import sys, time; from tasks.device import gpu_quiet\n"
-        "with gpu_quiet(shared=sys.argv[2] == 'shared'):\n    print('held', flush=True); time.sleep(float(sys.argv[1]))")
+        "print('asking', flush=True)\n"
+        "with gpu_quiet(shared=sys.argv[2] == 'shared'):\n"
+        "    print('held', flush=True); time.sleep(float(sys.argv[1]))")
 
 
 @pytest.fixture
 def made_up_gpu(monkeypatch):
     """Point CUDA_VISIBLE_DEVICES at a GPU name of its own; returns a function that switches to
     another such name. Their lock files and the lock holders started go afterwards."""
-    from tasks.device import gpu_lock_path
+    from tasks.device import gpu_lock_paths
 
     paths, holders = [], []
 
     def switch() -> None:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"test-{time.time_ns()}")
-        paths.append(gpu_lock_path())
+        paths.extend(gpu_lock_paths())
 
     switch.holders = holders
     switch()
@@ -85,10 +88,18 @@ def made_up_gpu(monkeypatch):
 def hold(made_up_gpu, seconds: float, shared: bool = False) -> subprocess.Popen:
     """A process that holds the current GPU's lock for `seconds` (as a starting cell process
     does when `shared`, as a measuring one otherwise), once it holds it."""
-    how = "shared" if shared else "alone"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(seconds), how], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    made_up_gpu.holders.append(holder)
+    holder = asking(made_up_gpu, seconds, shared)
     assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def asking(made_up_gpu, seconds: float, shared: bool = False) -> subprocess.Popen:
+    """Such a process, once it is about to ask for the lock."""
+    how = "shared" if shared else "alone"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(seconds), how], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    made_up_gpu.holders.append(holder)
+    assert holder.stdout.readline().strip() == "asking"
     return holder
 
 
@@ -110,8 +121,18 @@ def test_one_gpu_is_quiet_for_one_process_at_a_time(made_up_gpu, monkeypatch):
         assert time.perf_counter() - t0 < 0.5
     with gpu_quiet():
         waited = time.perf_counter() - t0
-    assert waited > 0.5  # a quiet window waits until the start is done
+    assert waited > 0.5  # a quiet window waits until the start's step is done
     starting.wait()
+    step = hold(made_up_gpu, 600, shared=True)  # a long start step
+    window = asking(made_up_gpu, 1.0)
+    time.sleep(0.3)  # the window now waits for the step
+    threading.Timer(0.5, step.kill).start()
+    t0 = time.perf_counter()
+    with gpu_quiet(shared=True):  # the next step goes after the waiting window, not beside the first step
+        waited = time.perf_counter() - t0
+    assert window.stdout.readline().strip() == "held"
+    assert waited > 1.2  # the first step's 0.5 s, then the window's 1 s
+    window.wait()
     made_up_gpu()
     killed = hold(made_up_gpu, 600)
     gpu = os.environ["CUDA_VISIBLE_DEVICES"]
