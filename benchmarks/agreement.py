@@ -3,6 +3,7 @@
     python benchmarks/agreement.py                               # +sweep=seed: new, new again, old
     python benchmarks/agreement.py --runs new,new,old,noprewarm +sweep=full grid.dtypes=[bfloat16] grid.head_dims=[128]
     python benchmarks/agreement.py --runs new:1,new:2               # 1 GPU against 2 (cluster.num_gpus)
+    python benchmarks/agreement.py --keep outputs/agreement ...      # keep each run's dataset
 
 A run is a kind of settings (``KINDS``), optionally ``:N`` GPUs; each measures the same cells
 into a store of its own (``run.rerun=all``). The first two runs of the first kind give the
@@ -50,15 +51,21 @@ def measure(kind: str, overrides: list[str], store: Path):
     return summary, df[df.run_id == summary.run_id].set_index(KEY)
 
 
+def rel(b, a):
+    """|b - a| / a, cell by cell."""
+    return (b - a).abs() / a
+
+
 def spread(a, b, ok) -> str:
-    rel = ((b - a).abs() / a)[ok]
-    return f"|diff| median {rel.median() * 100:.2f}%, p90 {rel.quantile(0.9) * 100:.2f}%, max {rel.max() * 100:.2f}%"
+    rel_ = rel(b, a)[ok]
+    return f"|diff| median {rel_.median() * 100:.2f}%, p90 {rel_.quantile(0.9) * 100:.2f}%, max {rel_.max() * 100:.2f}%"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="new,new,old", help="kind[:gpus] per run, comma-separated; kinds: "
                     + ", ".join(KINDS))
+    ap.add_argument("--keep", type=Path, help="keep each run's dataset in this folder (run0, run1, ...)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (default: +sweep=seed)")
     args = ap.parse_args()
     import pandas as pd
@@ -68,10 +75,11 @@ def main() -> None:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, kind in enumerate(runs):
-            s, df = measure(kind, overrides, Path(tmp) / f"run{i}")
+            s, df = measure(kind, overrides, (args.keep or Path(tmp)) / f"run{i}")
             out[f"{i}:{kind}"] = (s, df)
+            gpus = sorted(df.gpu_uuid.dropna().unique()) if "gpu_uuid" in df else []
             print(f"{i}:{kind}: {len(df)} cells in {s.wall_s:.1f} s on {s.devices} device(s), efficiency "
-                  f"{s.efficiency:.2f}", flush=True)
+                  f"{s.efficiency:.2f}" + (f"; GPUs {', '.join(g[:12] for g in gpus)}" if gpus else ""), flush=True)
     names = list(out)
     base = out[names[0]][1]
     ok = base.status.eq("ok")
@@ -88,25 +96,26 @@ def main() -> None:
         line = f"{name} against {names[0]}: {spread(base.median_ms, other.median_ms, both)}"
         if name.split(":")[1] == names[0].split(":")[1] and name == names[1]:
             line = "run-to-run spread of the reported median, " + line
-        rel = ((other.median_ms - base.median_ms).abs() / base.median_ms)[both & big]
-        line += f"; cells of 50 us and more: {int((rel <= 0.02).sum())}/{int((both & big).sum())} within 2%"
+        moved = rel(other.median_ms, base.median_ms)
+        close = int((moved[both & big] <= 0.02).sum())
+        line += f"; cells of 50 us and more: {close}/{int((both & big).sum())} within 2%"
         if name.split(":")[1].startswith("old"):
-            host = ((other.median_ms - base.host_median_ms).abs() / base.host_median_ms)[both & big]
+            host = rel(other.median_ms, base.host_median_ms)[both & big]
             line += (f"; old median against new host_median_ms (both per call between events): "
                      f"{int((host <= 0.02).sum())}/{int((both & big).sum())} within 2%, |diff| median "
                      f"{host.median() * 100:.2f}%")
         print(line)
         if "sm_clock_mhz" in base and base.sm_clock_mhz.notna().any() and "sm_clock_mhz" in other:
-            moved = both & big & ((other.median_ms - base.median_ms).abs() / base.median_ms > 0.03)
+            over = both & big & (moved > 0.03)
             cyc_b, cyc_o = base.median_ms * base.sm_clock_mhz, other.median_ms * other.sm_clock_mhz
             print(f"  {name}: SM clock (MHz) median {base.sm_clock_mhz[ok].median():.0f} vs "
                   f"{other.sm_clock_mhz[both].median():.0f}; the same spread in clock cycles "
                   f"(median_ms x sm_clock_mhz): {spread(cyc_b, cyc_o, both)}")
-            if moved.any():
+            if over.any():
                 cols = pd.DataFrame({"base_ms": base.median_ms, "ms": other.median_ms,
                                      "base_mhz": base.sm_clock_mhz, "mhz": other.sm_clock_mhz,
-                                     "base_limits": base.clock_limits, "limits": other.clock_limits})[moved]
-                print(f"  cells of 50 us and more that moved over 3% ({int(moved.sum())}), and their clocks:")
+                                     "base_limits": base.clock_limits, "limits": other.clock_limits})[over]
+                print(f"  cells of 50 us and more that moved over 3% ({int(over.sum())}), and their clocks:")
                 print(cols.to_string(float_format=lambda x: f"{x:.4f}"))
 
 

@@ -32,7 +32,8 @@ if want inprocess; then
 fi
 if want agreement; then
   step "agreement: new, new, old, no prewarm on one GPU"
-  timeout 560 python benchmarks/agreement.py --runs new:1,new:1,old:1,noprewarm:1 "${FULL120[@]}" 2>&1 \
+  timeout 560 python benchmarks/agreement.py --runs new:1,new:1,old:1,noprewarm:1 --keep "$OUT/work/agreement" \
+    "${FULL120[@]}" 2>&1 \
     | grep -v "^\[" | tee "$OUT/agreement.txt"
 fi
 if want full; then
