@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from orchestrator import capability  # noqa: E402
 from orchestrator.config import Config  # noqa: E402
+from orchestrator.driver import make_row  # noqa: E402
 from orchestrator.grid import expand  # noqa: E402
 from orchestrator.progress import Progress  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
@@ -46,11 +46,6 @@ def cpu_s(fn):
     t0 = time.process_time()
     out = fn()
     return out, time.process_time() - t0
-
-
-def make_row(cell, result: dict, ctx: dict) -> dict:
-    """A row as the driver's RunLog completes one (without writing it)."""
-    return {**result, **cell.params(), "cell_id": cell.cell_id, "row_id": uuid.uuid4().hex, **ctx}
 
 
 def result(i: int) -> dict:

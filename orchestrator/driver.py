@@ -67,6 +67,12 @@ def measure_key(cfg) -> tuple[str, str]:
     return hashlib.sha256(settings.encode()).hexdigest()[:12], settings
 
 
+def make_row(cell: Cell, result: dict, ctx: dict, platform: dict | None = None) -> dict:
+    """A cell's result completed to a row: its device's columns, the cell's parameters and ids,
+    the run's columns."""
+    return {**(platform or {}), **result, **cell.params(), "cell_id": cell.cell_id, "row_id": uuid.uuid4().hex, **ctx}
+
+
 class RunLog:
     """One run's rows: each completed with the run's columns, made durable, then tallied."""
 
@@ -79,8 +85,7 @@ class RunLog:
     def record(self, cell: Cell, result: dict, slot=None) -> dict:
         from tasks.ceilings import shares
 
-        row = {**self.session.platform(cell.target), **result, **cell.params(), "cell_id": cell.cell_id,
-               "row_id": uuid.uuid4().hex, **self.ctx}
+        row = make_row(cell, result, self.ctx, self.session.platform(cell.target))
         row |= shares(row, self.session.ceiling(row, slot))
         try:
             self.store.append([row])  # durable before the cell counts as done
