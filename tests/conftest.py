@@ -74,6 +74,11 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None
     )
 
 
+def stderr_lines(proc) -> list[str]:
+    """The non-blank lines a process wrote to stderr (a refusal must be exactly one)."""
+    return [ln for ln in proc.stderr.splitlines() if ln.strip()]
+
+
 def pytest_sessionfinish(session, exitstatus):
     import ray
 

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, make_cfg, run_cli
+from conftest import ROOT, make_cfg, run_cli, stderr_lines
 from test_scheduling import SPREAD, max_overlap
 
 from orchestrator.driver import run
@@ -112,7 +112,7 @@ def test_a_missing_or_wrong_token_is_one_line_within_seconds(token_head, tmp_pat
         proc = run_cli("+sweep=smoke", f"cluster.address={address}", f"store.path={tmp_path / name}",
                        f"hydra.run.dir={tmp_path / name / 'run'}", env=env, timeout=120)
         took = time.time() - t0
-        errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        errors = stderr_lines(proc)
         assert proc.returncode == 2, (name, proc.stderr[-2000:])
         assert len(errors) == 1 and "auth token" in errors[0] and "auth_token" in errors[0], (name, errors)
         assert took < 30, (name, took)  # one look at the cluster, not twenty retries

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_cfg, run_cli
+from conftest import ROOT, make_cfg, run_cli, stderr_lines
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -109,7 +109,7 @@ def test_hydra_mistakes_are_one_line_naming_the_key_or_file(tmp_path: Path, args
     (tmp_path / "conf" / "sweep" / "broken.yaml").write_text("grid:\n  seq_lens: [128, 256\n  batch: : x\n")
     proc = run_cli(*args, f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"store.path={tmp_path / 'r'}",
                    f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
-    errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = stderr_lines(proc)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(errors) == 1 and errors[0].startswith("error: ") and words in errors[0], errors
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr

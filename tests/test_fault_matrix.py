@@ -14,7 +14,7 @@ import time
 
 import psutil
 import pytest
-from conftest import ROOT, each_row_once, make_cfg, run_cli
+from conftest import ROOT, each_row_once, make_cfg, run_cli, stderr_lines
 from test_store import row
 
 from orchestrator.config import ConfigError
@@ -191,7 +191,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_every_row(tmp_path):
         store = disk / "results"
         proc = run_cli(*LONG, f"store.path={store}", f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
         assert proc.returncode == 1, proc.stderr[-2000:]
-        errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        errors = stderr_lines(proc)
         assert len(errors) == 1 and "cannot write to the dataset" in errors[0] and str(store) in errors[0], errors
         saved = Store(store).read()
         assert 0 < len(saved) < 24
@@ -206,7 +206,7 @@ def test_an_unwritable_store_is_one_line_before_ray(tmp_path, where):
     if where == "a file":
         path.write_text("not a folder")
     proc = run_cli("+sweep=smoke", f"store.path={path}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
-    errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = stderr_lines(proc)
     assert proc.returncode == 2 and len(errors) == 1 and "store.path" in errors[0], proc.stderr[-2000:]
     assert "cluster:" not in proc.stdout  # refused before Ray
 
@@ -231,7 +231,7 @@ def test_impossible_settings_are_refused_in_one_line(tmp_path, args, words):
     t0 = time.time()
     proc = run_cli("+sweep=smoke", *args, f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}",
                    timeout=180)
-    errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = stderr_lines(proc)
     assert proc.returncode == 2 and len(errors) == 1 and words in errors[0], proc.stderr[-2000:]
     assert time.time() - t0 < 120  # nothing waits forever
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("*.parquet"))  # no rows to count as done
