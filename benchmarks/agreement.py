@@ -51,14 +51,14 @@ def measure(kind: str, overrides: list[str], store: Path):
     return summary, df[df.run_id == summary.run_id].set_index(KEY)
 
 
-def rel(b, a):
-    """|b - a| / a, cell by cell."""
-    return (b - a).abs() / a
+def rel(base, other):
+    """|other - base| / base, cell by cell."""
+    return (other - base).abs() / base
 
 
-def spread(a, b, ok) -> str:
-    rel_ = rel(b, a)[ok]
-    return f"|diff| median {rel_.median() * 100:.2f}%, p90 {rel_.quantile(0.9) * 100:.2f}%, max {rel_.max() * 100:.2f}%"
+def spread(base, other, ok) -> str:
+    r = rel(base, other)[ok]
+    return f"|diff| median {r.median() * 100:.2f}%, p90 {r.quantile(0.9) * 100:.2f}%, max {r.max() * 100:.2f}%"
 
 
 def main() -> None:
@@ -96,11 +96,11 @@ def main() -> None:
         line = f"{name} against {names[0]}: {spread(base.median_ms, other.median_ms, both)}"
         if name.split(":")[1] == names[0].split(":")[1] and name == names[1]:
             line = "run-to-run spread of the reported median, " + line
-        moved = rel(other.median_ms, base.median_ms)
+        moved = rel(base.median_ms, other.median_ms)
         close = int((moved[both & big] <= 0.02).sum())
         line += f"; cells of 50 us and more: {close}/{int((both & big).sum())} within 2%"
         if name.split(":")[1].startswith("old"):
-            host = rel(other.median_ms, base.host_median_ms)[both & big]
+            host = rel(base.host_median_ms, other.median_ms)[both & big]
             line += (f"; old median against new host_median_ms (both per call between events): "
                      f"{int((host <= 0.02).sum())}/{int((both & big).sum())} within 2%, |diff| median "
                      f"{host.median() * 100:.2f}%")

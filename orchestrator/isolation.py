@@ -4,8 +4,8 @@ at a time, with the next cells' process start hidden behind the current cell's w
 A cell process goes through ``tasks.cell``'s phases; the runner hands the device on at fixed
 points, so that nothing another cell does overlaps what this cell measures:
 
-* **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, about 0.4 s on an
-  H100) runs as soon as the child is forked: ``prewarm`` children are started ahead of time
+* **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, a median 0.63 s
+  in sweeps on an H100 and an H200) runs as soon as the child is forked: ``prewarm`` children are started ahead of time
   while earlier cells run, all at once when none is left waiting (their starts overlap), in
   steps that never overlap another cell's quiet window (its memory pass, host-inclusive calls
   and timing): ``tasks.device.gpu_quiet`` keeps them apart with a lock per GPU (a context

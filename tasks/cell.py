@@ -5,7 +5,7 @@ A cell's life has three phases, which the pool runs overlapped across cells (a c
 see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
-   (host-bound, about 0.4 s on an H100), the environment record.
+   (host-bound, a median 0.63 s a cell in sweeps on an H100 and an H200), the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
 3. ``measure``: warm-up, the fp32 accuracy check, the kernel check, then the quiet window:
    the memory pass, the host-inclusive calls and the timing. ``before_memory`` is called before
@@ -84,7 +84,6 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
 
         q = torch.ones(1, 2, 16, 16, device=device)
         reference(q, q, q, True)  # the fp32 math backend, as the accuracy check runs it
-        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 
     def context_bytes() -> None:
@@ -93,7 +92,7 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
 
     for work in [context, *(functools.partial(blas, dt) for dt in sorted({*dtypes, "float32"})),
                  accuracy_kernels, context_bytes]:
-        # outside the lock, the driver's start and an NVML reading moved medians by up to 13% (H200)
+        # with the driver's start and this NVML reading outside it, medians moved by up to 13% (H200)
         with gpu_quiet(shared=True):
             work()
             torch.cuda.synchronize(device)
@@ -147,8 +146,7 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     t2 = time.perf_counter()
     before_memory()
     with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext():
-        mem, out = timing.measure_memory(work.step, device, nvml) if m["memory"] else ({}, None)
-        del out
+        mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
         clock = ClockSampler(nvml.handle) if nvml is not None else None
         t = timing.timed(work.step, device, protocol, warmed, clock)
     t |= clock.cols() if clock is not None else {}

@@ -98,13 +98,13 @@ def summarize(ms: list[float]) -> dict:
 class Timer:
     """Times one call or one graph replay per sample, with the L2 flushed before each."""
 
-    def __init__(self, device: torch.device, flush_l2: bool, while_busy: Callable | None = None):
+    def __init__(self, device: torch.device, flush_l2: bool):
         self.device = device
         self.cuda = device.type == "cuda"
-        self.while_busy = while_busy  # called with a batch's last event once the batch is queued
         self.flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and self.cuda else None
 
-    def batch(self, fn: Callable, n: int, wait_each: bool = False) -> list[float]:
+    def batch(self, fn: Callable, n: int, wait_each: bool = False, while_busy: Callable | None = None) -> list[float]:
+        """n timed calls; ``while_busy(last_event)`` runs once they are queued (GPU)."""
         if not self.cuda:
             out = []
             for _ in range(n):
@@ -121,8 +121,8 @@ class Timer:
             end.record()
             if wait_each:
                 end.synchronize()
-        if self.while_busy is not None:
-            self.while_busy(pairs[-1][1])
+        if while_busy is not None:
+            while_busy(pairs[-1][1])
         torch.cuda.synchronize(self.device)
         return [s.elapsed_time(e) for s, e in pairs]
 
@@ -168,13 +168,14 @@ def capture(fn: Callable, device: torch.device, stream):
         return None, None, f"not capturable in a CUDA graph: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
 
 
-def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol) -> tuple[list[float], str]:
+def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol,
+               while_busy: Callable | None = None) -> tuple[list[float], str]:
     """Timed calls in growing batches until the stopping rule holds; returns (ms, stop_reason)."""
     ms: list[float] = []
     t0 = time.perf_counter()
     batch = max(1, min(p.max_iters, int(_BATCH_S / max(est_s, 1e-7))))
     while True:
-        ms += timer.batch(call, min(batch, p.max_iters - len(ms)))
+        ms += timer.batch(call, min(batch, p.max_iters - len(ms)), while_busy=while_busy)
         spent_ms = (time.perf_counter() - t0) * 1e3
         if len(ms) >= p.max_iters:
             return ms, "max_iters"
@@ -210,8 +211,8 @@ def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
     cols, stream = warmed
     timer = Timer(device, p.flush_l2)
     t0 = time.perf_counter()
-    host = host_pass(timer, fn) if timer.cuda else []
-    est_s = (statistics.median(host) if host else cols["warmup_s"] * 1e3 / cols["warmup_iters"]) / 1e3
+    host_med = statistics.median(host_pass(timer, fn)) if timer.cuda else None
+    est_s = host_med / 1e3 if host_med is not None else cols["warmup_s"] / cols["warmup_iters"]
     graph, out, note = None, None, None
     if timer.cuda:
         torch.cuda.empty_cache()  # the capture's private pool may need what the eager calls left cached
@@ -220,10 +221,8 @@ def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
         else:
             note = f"measure.method={p.method}"
     method = "cuda_graph" if graph is not None else ("cuda_events" if timer.cuda else "cpu_clock")
-    timer.while_busy = while_busy  # the clock is sampled while the timed calls run, not the host pass
-    ms, stop = timed_loop(timer, graph.replay if graph is not None else fn, est_s, p)
+    ms, stop = timed_loop(timer, graph.replay if graph is not None else fn, est_s, p, while_busy)
     stats = summarize(ms)
-    host_med = statistics.median(host) if host else None
     cols = cols | {
         **stats,
         "timing_method": method,
@@ -261,14 +260,14 @@ def quiet_profiler():
         sys.stderr.write("".join(kept))
 
 
-def cpu_peak_bytes(fn: Callable) -> tuple[int, object]:
+def cpu_peak_bytes(fn: Callable) -> int:
     """Peak of what one call allocates on the CPU, from the profiler's allocator events
-    (the CPU allocator keeps no peak statistics of its own); and the call's output."""
+    (the CPU allocator keeps no peak statistics of its own)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
+        fn()  # its output freed after its peak: the peak is the same
     events = prof.profiler.kineto_results.events()
     deltas = sorted(
         (e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
@@ -277,22 +276,21 @@ def cpu_peak_bytes(fn: Callable) -> tuple[int, object]:
     for _, nbytes in deltas:
         now += nbytes
         peak = max(peak, now)
-    return peak, out
+    return peak
 
 
-def measure_memory(fn: Callable, device: torch.device, nvml=None) -> tuple[dict, object]:
+def measure_memory(fn: Callable, device: torch.device, nvml=None) -> dict:
     """Peak memory of one call, in a pass of its own: PyTorch's figures above what was
     allocated before (the inputs) and, on a GPU with ``nvml`` (a ``device.Nvml``), NVML's
-    readings of the device and of this process right before and right after the call; and
-    the call's output (the accuracy check reads it).
+    readings of the device and of this process right before and right after the call (its
+    output still held).
 
     In fwd_bwd the call is a forward and a backward, so the peak holds what autograd saves.
     On the CPU only the peak above what existed before is known (the inputs are not counted).
     """
     t0 = time.perf_counter()
     if device.type != "cuda":
-        peak, out = cpu_peak_bytes(fn)
-        return {"peak_allocated_bytes": peak, "memory_s": time.perf_counter() - t0}, out
+        return {"peak_allocated_bytes": cpu_peak_bytes(fn), "memory_s": time.perf_counter() - t0}
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -310,4 +308,5 @@ def measure_memory(fn: Callable, device: torch.device, nvml=None) -> tuple[dict,
     if nvml:
         cols |= {"nvml_used_before_bytes": used_before, "nvml_used_peak_bytes": nvml.device_used(),
                  "nvml_process_peak_bytes": nvml.process_used()}
-    return cols | {"memory_s": time.perf_counter() - t0}, out
+    del out
+    return cols | {"memory_s": time.perf_counter() - t0}
