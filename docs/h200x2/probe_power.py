@@ -16,7 +16,7 @@ from tasks.timing import Protocol, Timer, capture, warm
 device, env = start_device("cuda", ["bfloat16"])
 h = nvml_handle(env["gpu_uuid"])
 print(env["device_name"], "max SM clock", pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM), "MHz,",
-      "power limit", pynvml.nvmlDeviceGetEnforcedPowerManagementLimit(h) / 1000, "W")
+      "power limit", pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000, "W")
 reasons_of = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
 
 
