@@ -61,8 +61,8 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
 
     On a GPU, in steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU
     work within it, so that a cell's quiet window on this GPU waits for one step at most: the
-    driver and the context; cuBLAS in each dtype; the fp32 math path of the accuracy reference
-    (its softmax kernels). No measured phase pays for loading these."""
+    driver and the context; cuBLAS in each dtype; the accuracy check's kernels (the fp32 math
+    reference, the casts and norms). No measured phase pays for loading these."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
@@ -80,10 +80,14 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
         a @ a
 
     def accuracy_kernels() -> None:
-        from tasks.attention import reference
+        from tasks.attention import reference, rel_error
 
-        q = torch.ones(1, 2, 16, 16, device=device)
-        reference(q, q, q, True)  # the fp32 math backend, as the accuracy check runs it
+        # the check as a cell runs it: the fp32 math backend, the casts, the norm, the copy to the
+        # host (with the reference alone here, a process's first check took 48-52 ms, later ones 5-11)
+        for dt in sorted({*dtypes, "float32"}):
+            q = torch.ones(1, 2, 16, 16, device=device, dtype=getattr(torch, dt))
+            for causal in (True, False):
+                rel_error(q, reference(q, q, q, causal))
         torch.cuda.empty_cache()
 
     def context_bytes() -> None:

@@ -50,6 +50,8 @@ BAD_VALUES = [  # (overrides, words the one-line message must contain)
     (["run.retries=-1"], "run.retries = -1"),
     (["run.device=tpu"], "run.device = 'tpu'"),
     (["measure.min_iters=50", "measure.max_iters=10"], "measure.min_iters = 50"),
+    (["measure.duty=0"], "measure.duty = 0"),
+    (["measure.duty=1.5"], "measure.duty = 1.5"),
     (["+sweep=full", "run.max_cells=100"], "480 cells, over run.max_cells = 100"),
     (["+grid.unknown_axis=[1]"], "grid.unknown_axis: Key 'unknown_axis' not in 'GridConfig'"),
     (["+colour=blue"], "colour: Key 'colour' not in 'Config'"),
