@@ -7,7 +7,7 @@ own code (start_device, Prepared, warm, timed, the clock sampler) four times:
   r3  the same, another shift.
 Before them, three accuracy checks (each with its own call), timed. Then the GPU kernels each cell ran (torch.profiler). If r0-r3 agree within a process and the
 processes differ, the state is the process's; if r2/r3 move, it is where the inputs lie.
-Usage: python docs/h200x2/probe_process.py [N]"""
+Usage: python docs/h200x2/probe_process.py [N] [backend:batch:seq,...]   (a cell may repeat)"""
 import json
 import subprocess
 import sys
@@ -49,10 +49,12 @@ for backend, b, s in json.loads(sys.argv[1]):
         rounds.append({k: t.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "iters", "sm_clock_mhz", "clock_limits")})
     names = " | ".join(_gpu_kernels(p.work.step, device))  # pinned by Prepared
     release(p)
-    out[f"{backend} b{b} s{s}"] = {"rounds": rounds, "kernels": names, "checks": checks}
+    out[f"{backend} b{b} s{s}" + "'" * sum(k.startswith(f"{backend} b{b} s{s}") for k in out)] = {"rounds": rounds, "kernels": names, "checks": checks}
 print("RESULT " + json.dumps(out))
 """
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+if len(sys.argv) > 2:
+    CELLS = [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2])) for c in sys.argv[2].split(",")]
 kernels = {}
 for i in range(n):
     res = subprocess.run([sys.executable, "-c", CODE, json.dumps(CELLS), str(i)], capture_output=True, text=True)
