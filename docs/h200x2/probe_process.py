@@ -7,14 +7,15 @@ own code (start_device, Prepared, warm, timed, the clock sampler) four times:
   r3  the same, another shift.
 Before them, three accuracy checks (each with its own call), timed. Then the GPU kernels each cell ran (torch.profiler). If r0-r3 agree within a process and the
 processes differ, the state is the process's; if r2/r3 move, it is where the inputs lie.
-Usage: python docs/h200x2/probe_process.py [N] [backend:batch:seq,...]   (a cell may repeat)"""
+Usage: python docs/h200x2/probe_process.py [N] [backend:batch:seq,...]   (a cell may repeat)
+PROBE_MEMORY=1: the sweep's memory pass before each timing, as in a cell's quiet window."""
 import json
 import subprocess
 import sys
 
 CELLS = [("cudnn", 8, 8192), ("cudnn", 32, 4096), ("flash", 8, 8192), ("math", 1, 256), ("math", 1, 512)]
 CODE = r"""
-import json, sys, time, torch
+import json, os, sys, time, torch
 from tasks import timing
 from tasks.cell import Prepared, release, start_device
 from tasks.device import ClockSampler, Nvml, nvml_handle
@@ -44,6 +45,8 @@ for backend, b, s in json.loads(sys.argv[1]):
             p = Prepared(spec, device)
         warmed, o = timing.warm(p.work.step, device, protocol)
         del o
+        if os.environ.get("PROBE_MEMORY"):  # the sweep's memory pass right before, as in its quiet window
+            timing.measure_memory(p.work.step, device, nvml)
         clock = ClockSampler(nvml.handle)
         t = timing.timed(p.work.step, device, protocol, warmed, clock) | clock.cols()
         rounds.append({k: t.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "iters", "sm_clock_mhz", "clock_limits")})
