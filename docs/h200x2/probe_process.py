@@ -8,7 +8,8 @@ own code (start_device, Prepared, warm, timed, the clock sampler) four times:
 Before them, three accuracy checks (each with its own call), timed. Then the GPU kernels each cell ran (torch.profiler). If r0-r3 agree within a process and the
 processes differ, the state is the process's; if r2/r3 move, it is where the inputs lie.
 Usage: python docs/h200x2/probe_process.py [N] [backend:batch:seq,...]   (a cell may repeat)
-PROBE_MEMORY=1: the sweep's memory pass before each timing, as in a cell's quiet window."""
+PROBE_MEMORY=1: the sweep's memory pass before each timing, as in a cell's quiet window.
+PROBE_PRELOAD=1: first import tasks.preload, as a sweep's forkserver does."""
 import json
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from tasks.cell import Prepared, release, start_device
 from tasks.device import ClockSampler, Nvml, nvml_handle
 from tasks.kernels import _gpu_kernels
 proc = int(sys.argv[2])
+if os.environ.get("PROBE_PRELOAD"):  # what a sweep's forkserver imports and runs before forking a cell
+    import tasks.preload
 device, env = start_device("cuda", ["bfloat16"])
 nvml = Nvml(nvml_handle(env["gpu_uuid"]))
 m = dict(warmup_iters=1, warmup_ms=25, budget_ms=300, min_iters=3, max_iters=1000, precision=0.002, flush_l2=True,
