@@ -149,6 +149,12 @@ COLUMNS: list[Column] = [
                          "started ahead)"),
     Column("startup_s", F, "seconds of the cell process's CUDA context and library start (hidden behind earlier "
                            "cells when prewarmed)"),
+    Column("startup_wait_s", F, "of startup_s, seconds its steps waited for the GPU's lock (other cells' quiet "
+                                "windows; null on the CPU)"),
+    Column("previous_wait_s", F, "seconds the cell waited, before its quiet window, for the previous cell's "
+                                 "process to be gone"),
+    Column("quiet_wait_s", F, "seconds the cell waited for its quiet window: other processes' start steps on "
+                              "its GPU (null on the CPU)"),
     Column("cell_wall_s", F, "seconds from the cell's turn on its device (the previous cell done measuring) to "
                              "its result"),
 ]

@@ -94,13 +94,15 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
         if "gpu_uuid" in env:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
+    waited = 0.0
     for work in [context, *(functools.partial(blas, dt) for dt in sorted({*dtypes, "float32"})),
                  accuracy_kernels, context_bytes]:
         # with the driver's start and this NVML reading outside it, medians moved by up to 13% (H200)
-        with gpu_quiet(shared=True):
+        with gpu_quiet(shared=True) as held:
             work()
             torch.cuda.synchronize(device)
-    return device, env | {"startup_s": time.perf_counter() - t0}
+        waited += held.waited_s
+    return device, env | {"startup_s": time.perf_counter() - t0, "startup_wait_s": waited}
 
 
 class Prepared:
@@ -149,7 +151,8 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     ran = kernels.record(work.step, device, p.spec["backend"], how, work.compiled) if how != "off" else {}
     t2 = time.perf_counter()
     before_memory()
-    with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext():
+    t3 = time.perf_counter()
+    with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext() as held:
         mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
         clock = ClockSampler(nvml.handle) if nvml is not None else None
         t = timing.timed(work.step, device, protocol, warmed, clock)
@@ -158,6 +161,8 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     t["warmup_s"] += p.first_call_s
     return {
         **p.cols, **t, **mem, **ran,
+        "previous_wait_s": t3 - t2,
+        "quiet_wait_s": held.waited_s if held is not None else None,
         "accuracy_s": t1 - t0 if m["accuracy"] else None,
         "kernels_s": t2 - t1 if how != "off" else None,
         "rel_error": err,

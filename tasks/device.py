@@ -16,6 +16,7 @@ import socket
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -53,6 +54,11 @@ def gpu_lock_paths() -> tuple[str, str]:
     return lock, lock + ".next"
 
 
+@dataclass
+class Held:
+    waited_s: float = 0.0  # how long taking the lock took (other processes' windows or start steps)
+
+
 @contextlib.contextmanager
 def gpu_quiet(shared: bool = False):
     """Hold this node's lock for the GPU this process sees (``CUDA_VISIBLE_DEVICES``).
@@ -65,7 +71,9 @@ def gpu_quiet(shared: bool = False):
     starts. A process that starts its context while another times its kernels slows them: on an
     H200, cells started ahead of the measuring one moved the medians of 5-20 ms kernels by up to
     24% between two runs (p90 6%), against 4.9% (p90 0.6%) with no process started ahead. Lock
-    files, so that a process killed while holding one lets go."""
+    files, so that a process killed while holding one lets go. Yields a ``Held`` that says how
+    long the lock took."""
+    held = Held()
     fds = []
     try:
         for path in gpu_lock_paths():
@@ -73,9 +81,10 @@ def gpu_quiet(shared: bool = False):
     except OSError:  # another user's lock files we cannot open: measure without them
         for fd in fds:
             os.close(fd)
-        yield
+        yield held
         return
     lock, turnstile = fds
+    t0 = time.perf_counter()
     try:
         if shared:  # wait behind a window that is waiting for the lock
             fcntl.flock(turnstile, fcntl.LOCK_SH)
@@ -85,7 +94,8 @@ def gpu_quiet(shared: bool = False):
             fcntl.flock(turnstile, fcntl.LOCK_EX)  # no new start step from now on
             fcntl.flock(lock, fcntl.LOCK_EX)  # the steps under way end
             fcntl.flock(turnstile, fcntl.LOCK_UN)
-        yield
+        held.waited_s = time.perf_counter() - t0
+        yield held
     finally:
         for fd in fds:
             os.close(fd)  # the locks go with the descriptors

@@ -111,17 +111,20 @@ def test_one_gpu_is_quiet_for_one_process_at_a_time(made_up_gpu, monkeypatch):
 
     holder = hold(made_up_gpu, 1.0)
     t0 = time.perf_counter()
-    with gpu_quiet(shared=True):
+    with gpu_quiet(shared=True) as held:
         waited = time.perf_counter() - t0
     assert waited > 0.5  # a start waits until the holder's quiet window ended
+    assert abs(held.waited_s - waited) < 0.1  # and says so (startup_wait_s)
     holder.wait()
     starting = hold(made_up_gpu, 1.0, shared=True)
     t0 = time.perf_counter()
-    with gpu_quiet(shared=True):  # another start beside it: no wait
-        assert time.perf_counter() - t0 < 0.5
-    with gpu_quiet():
+    with gpu_quiet(shared=True) as held:  # another start beside it: no wait
+        assert time.perf_counter() - t0 < 0.5 and held.waited_s < 0.5
+    t0 = time.perf_counter()
+    with gpu_quiet() as held:
         waited = time.perf_counter() - t0
     assert waited > 0.5  # a quiet window waits until the start's step is done
+    assert abs(held.waited_s - waited) < 0.1  # and says so (quiet_wait_s)
     starting.wait()
     step = hold(made_up_gpu, 600, shared=True)  # a long start step
     window = asking(made_up_gpu, 1.0)
