@@ -57,7 +57,8 @@ class MeasureConfig:
     min_iters: int = 3  # ... but never before this many
     max_iters: int = 1000  # and never more than this many
     flush_l2: bool = True
-    duty: float = 0.5  # GPU: timed calls in stretches of <= 20 ms, each after a rest as long (1: back to back)
+    duty: float = 0.5  # GPU: the share of the timing spent in timed calls, in stretches of <= 20 ms with rests
+    #                    between ((1 - duty) / duty times each stretch; 1: back to back)
     memory: bool = True
     accuracy: bool = True
     kernels: str = "ops"  # one recorded call: ops (ATen operators), gpu (GPU kernels, torch.profiler), off
@@ -223,8 +224,9 @@ def _measure(m) -> None:
         raise ConfigError(f"measure.kernels = {m.kernels!r}: choose from {', '.join(KERNEL_CHECKS)}")
     if m.method not in METHODS:
         raise ConfigError(f"measure.method = {m.method!r}: choose from {', '.join(METHODS)}")
-    if not 0 < m.duty <= 1:
-        raise ConfigError(f"measure.duty = {m.duty}: the share of the timing the GPU runs timed calls, in (0, 1]")
+    if not 0.1 <= m.duty <= 1:
+        raise ConfigError(f"measure.duty = {m.duty}: the share of the timing the GPU runs timed calls, in [0.1, 1] "
+                          "(below, the rests hold the GPU for over 9 times the calls)")
     if m.min_iters > m.max_iters:
         raise ConfigError(f"measure.min_iters = {m.min_iters} exceeds measure.max_iters = {m.max_iters}")
 

@@ -141,7 +141,8 @@ COLUMNS: list[Column] = [
     Column("ended_at", T, "cell end (UTC)"),
     Column("measure_s", F, "seconds from the cell's go (the previous cell on its device done) to its result"),
     Column("setup_s", F, "seconds of the cell's inputs and first call, before its go"),
-    Column("timing_s", F, "seconds of warm-up, graph capture and timed calls (the first call apart)"),
+    Column("timing_s", F, "seconds of warm-up, graph capture and timed calls (the first call apart), with the "
+                          "rests between stretches of timed calls (measure.duty)"),
     Column("memory_s", F, "seconds of the memory pass"),
     Column("kernels_s", F, "seconds of the kernel check"),
     Column("accuracy_s", F, "seconds of the accuracy check"),
@@ -152,9 +153,9 @@ COLUMNS: list[Column] = [
     Column("startup_wait_s", F, "of startup_s, seconds its steps waited for the GPU's lock (other cells' quiet "
                                 "windows; null on the CPU)"),
     Column("previous_wait_s", F, "seconds the cell waited, before its quiet window, for the previous cell's "
-                                 "process to be gone"),
+                                 "process and its GPU memory to be gone (about 0 in task mode)"),
     Column("quiet_wait_s", F, "seconds the cell waited for its quiet window: other processes' start steps on "
-                              "its GPU (null on the CPU)"),
+                              "its GPU (null on the CPU, or where the lock files could not be opened)"),
     Column("cell_wall_s", F, "seconds from the cell's turn on its device (the previous cell done measuring) to "
                              "its result"),
 ]

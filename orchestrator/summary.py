@@ -17,10 +17,13 @@ CELL_OVERHEAD_S = 0.1  # a cell's fixed cost: warm-up, memory pass, checks
 
 def cost_estimate(cell: Cell, measure, flops: float) -> float:
     """Seconds a cell is expected to hold its device: fixed costs, about a dozen calls beyond the
-    timed ones, and the timed calls (capped by the budget, at least min_iters)."""
+    timed ones, and the timed calls (capped by the budget, at least min_iters; on a GPU, with the
+    rests between them: measure.duty)."""
     kind = "cpu" if cell.target == "cpu" else "cuda"
     call_s = flops / (RATES[kind].get(cell.backend, DEFAULT_RATE[kind]) * 1e12)
     timed = max(measure.min_iters * call_s, min(measure.budget_ms / 1e3, 1000 * call_s))
+    if kind == "cuda":
+        timed /= getattr(measure, "duty", 1.0)  # the rests between stretches of timed calls
     return CELL_OVERHEAD_S + measure.warmup_ms / 1e3 + 6 * call_s + timed
 
 

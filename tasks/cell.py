@@ -101,7 +101,7 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
         with gpu_quiet(shared=True) as held:
             work()
             torch.cuda.synchronize(device)
-        waited += held.waited_s
+        waited = None if held.waited_s is None or waited is None else waited + held.waited_s
     return device, env | {"startup_s": time.perf_counter() - t0, "startup_wait_s": waited}
 
 
@@ -162,7 +162,7 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     return {
         **p.cols, **t, **mem, **ran,
         "previous_wait_s": t3 - t2,
-        "quiet_wait_s": held.waited_s if held is not None else None,
+        "quiet_wait_s": held.waited_s if held is not None else None,  # None: the CPU, or no lock taken
         "accuracy_s": t1 - t0 if m["accuracy"] else None,
         "kernels_s": t2 - t1 if how != "off" else None,
         "rel_error": err,

@@ -56,7 +56,8 @@ def gpu_lock_paths() -> tuple[str, str]:
 
 @dataclass
 class Held:
-    waited_s: float = 0.0  # how long taking the lock took (other processes' windows or start steps)
+    waited_s: float | None = None  # how long taking the lock took (other processes' windows or start
+    #                                steps); None where the lock files could not be opened
 
 
 @contextlib.contextmanager
