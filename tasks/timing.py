@@ -22,7 +22,7 @@ Timing on CUDA (``warm``, then ``timed``; ``time_fn`` runs both):
    replays as its spread needs. The row records how it stopped.
 5. Paced (``duty``): the timed calls run in stretches of at most ``_BURST_S`` (or one call), and
    before each the GPU rests ``(1 - duty) / duty`` times as long as the last stretch took. Run
-   back to back, a compute-bound call heats a GPU into its power cap within about 50 ms and
+   back to back, a compute-bound call drives a GPU into its power cap within about 50 ms and
    then slows by up to 15% (H200, 700 W: cuDNN batch 8, seq 8192 went from 3.34 to 3.84 ms a
    call); at half duty it held 3.34-3.38 ms for 1.5 s. The budget counts the stretches, not
    the rests. On the CPU there are no rests.
