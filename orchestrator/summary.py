@@ -23,7 +23,7 @@ def cost_estimate(cell: Cell, measure, flops: float) -> float:
     call_s = flops / (RATES[kind].get(cell.backend, DEFAULT_RATE[kind]) * 1e12)
     timed = max(measure.min_iters * call_s, min(measure.budget_ms / 1e3, 1000 * call_s))
     if kind == "cuda":
-        timed /= getattr(measure, "duty", 1.0)  # the rests between stretches of timed calls
+        timed /= measure.duty  # the rests between stretches of timed calls
     return CELL_OVERHEAD_S + measure.warmup_ms / 1e3 + 6 * call_s + timed
 
 

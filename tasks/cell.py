@@ -5,7 +5,9 @@ A cell's life has three phases, which the pool runs overlapped across cells (a c
 see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
-   (host-bound, a median 0.63 s a cell in sweeps on an H100 and an H200), the environment record.
+   (host-bound: a median 0.63 s a cell in sweeps on an H100 and an H200 with timing back to
+   back, 1.16 s on an H200 with paced timing, waits for other cells' quiet windows included),
+   the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
 3. ``measure``: warm-up, the fp32 accuracy check, the kernel check, then the quiet window:
    the memory pass, the host-inclusive calls and the timing. ``before_memory`` is called before
@@ -67,7 +69,7 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
     device = torch.device("cuda", 0)
-
+    every_dtype = sorted({*dtypes, "float32"})
     env: dict = {}
 
     def context() -> None:
@@ -84,7 +86,7 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
 
         # the check as a cell runs it: the fp32 math backend, the casts, the norm, the copy to the
         # host (with the reference alone here, a process's first check took 48-52 ms, later ones 5-11)
-        for dt in sorted({*dtypes, "float32"}):
+        for dt in every_dtype:
             q = torch.ones(1, 2, 16, 16, device=device, dtype=getattr(torch, dt))
             for causal in (True, False):
                 rel_error(q, reference(q, q, q, causal))
@@ -94,15 +96,15 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
         if "gpu_uuid" in env:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
-    waited = 0.0
-    for work in [context, *(functools.partial(blas, dt) for dt in sorted({*dtypes, "float32"})),
-                 accuracy_kernels, context_bytes]:
+    waits = []
+    for work in [context, *(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels, context_bytes]:
         # with the driver's start and this NVML reading outside it, medians moved by up to 13% (H200)
         with gpu_quiet(shared=True) as held:
             work()
             torch.cuda.synchronize(device)
-        waited = None if held.waited_s is None or waited is None else waited + held.waited_s
-    return device, env | {"startup_s": time.perf_counter() - t0, "startup_wait_s": waited}
+        waits.append(held.waited_s)
+    return device, env | {"startup_s": time.perf_counter() - t0,
+                          "startup_wait_s": None if None in waits else sum(waits)}
 
 
 class Prepared:

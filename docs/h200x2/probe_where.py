@@ -21,14 +21,21 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 CELLS = [("math", 1, 128), ("eager", 1, 128), ("math", 1, 256)]
-MEASURE = dict(warmup_iters=1, warmup_ms=25.0, budget_ms=100.0, min_iters=3, max_iters=1000, precision=0.005,
-               flush_l2=True, duty=0.5, memory=True, accuracy=True, kernels="ops", method="auto", seed=0)
+
+
+def default_measure() -> dict:
+    """A sweep's default measure settings, as its cells get them."""
+    import dataclasses
+
+    from orchestrator.config import MeasureConfig
+
+    return dataclasses.asdict(MeasureConfig())
 
 
 def spec(backend, b, s, device):
     return {"workload": "attention", "backend": backend, "mode": "fwd", "dtype": "bfloat16", "causal": True,
             "head_dim": 128, "num_heads": 16, "batch_size": b, "seq_len": s, "target": device, "device": device,
-            "seed": 0, "measure": MEASURE}
+            "seed": 0, "measure": default_measure()}
 
 
 def show(tag, rows, specs=None):
