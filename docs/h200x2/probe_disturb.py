@@ -1,0 +1,145 @@
+"""Does another process's start (or end) on the same GPU move a cell's timed replays, with the
+timing paced as a sweep paces it? The question behind the lock that keeps cell starts out of
+quiet windows (``tasks.device.gpu_quiet``): it was measured with timing back to back, when the
+power cap also moved long kernels.
+
+One process times a cell as a sweep does (its graph replayed, L2 flushed before each, stretches
+of 20 ms with 20 ms rests) for a few seconds. Meanwhile this process forks k children, as the
+fork server does, and has them go through a cell process's start one phase at a time, with
+pauses between: the CUDA context, cuBLAS in bf16 and fp32, the accuracy check's kernels; then
+they exit (context teardown). Each stretch of replays is put with the phase it overlapped.
+Usage: python docs/h200x2/probe_disturb.py   (needs a GPU)"""
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import tasks.preload  # noqa: E402,F401  (what the fork server imports)
+import torch  # noqa: E402
+
+CELLS = [("cudnn", 8, 4096), ("flash", 1, 1024), ("math", 1, 256)]
+PHASES = ["context", "blas", "accuracy", "exit"]
+
+
+def spec(backend, b, s):
+    import dataclasses
+
+    from orchestrator.config import MeasureConfig
+
+    return {"workload": "attention", "backend": backend, "mode": "fwd", "dtype": "bfloat16", "causal": True,
+            "head_dim": 128, "num_heads": 16, "batch_size": b, "seq_len": s, "target": "cuda", "device": "cuda",
+            "seed": 0, "measure": dataclasses.asdict(MeasureConfig())}
+
+
+def timer_main(cell, w, seconds):
+    from tasks import cell as cellrun
+    from tasks import timing
+
+    device, _ = cellrun.start_device("cuda", ["bfloat16"])
+    p = cellrun.Prepared(spec(*cell), device)
+    warmed, out = timing.warm(p.work.step, device, timing.Protocol())
+    del out
+    graph, out, note = timing.capture(p.work.step, device, warmed[1])
+    assert graph is not None, note
+    timer = timing.Timer(device, True)
+    per = statistics.median(timer.batch(graph.replay, 20)) / 1e3
+    n = max(1, int(0.02 / max(per, 1e-6)))
+    os.write(w, b"r")
+    stretches = []
+    end = time.time() + seconds
+    while time.time() < end:
+        time.sleep(0.02)
+        t0 = time.time()
+        ms = timer.batch(graph.replay, n)
+        stretches.append((t0, time.time(), ms))
+    os.write(w, repr(stretches).encode())
+    os.close(w)
+    os._exit(0)
+
+
+def disturber(r, w):
+    dev = torch.device("cuda", 0)
+    from tasks.attention import reference, rel_error
+
+    def ctx():
+        torch.cuda.init()
+        torch.empty(1, device=dev)
+
+    def blas():
+        for dt in (torch.bfloat16, torch.float32):
+            a = torch.ones(16, 16, device=dev, dtype=dt)
+            a @ a
+
+    def acc():
+        for dt in (torch.bfloat16, torch.float32):
+            q = torch.ones(1, 2, 16, 16, device=dev, dtype=dt)
+            for causal in (True, False):
+                rel_error(q, reference(q, q, q, causal))
+
+    for work in (ctx, blas, acc):
+        os.read(r, 1)
+        t0 = time.time()
+        work()
+        torch.cuda.synchronize()
+        os.write(w, f"{t0} {time.time()}\n".encode())
+    os.read(r, 1)
+    os._exit(0)
+
+
+def run(cell, k):
+    tr, tw = os.pipe()
+    tpid = os.fork()
+    if tpid == 0:
+        os.close(tr)
+        timer_main(cell, tw, 6.0)
+    os.close(tw)
+    assert os.read(tr, 1) == b"r"
+    kids = []
+    for _ in range(k):
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            disturber(r2, w1)
+        kids.append((pid, r1, w2))
+    spans = {}
+    time.sleep(0.8)
+    for phase in PHASES:
+        t0 = time.time()
+        for _, _, w2 in kids:
+            os.write(w2, b"g")
+        if phase == "exit":
+            for pid, _, _ in kids:
+                os.waitpid(pid, 0)
+            spans[phase] = (t0, time.time() + 0.02)  # the driver frees the memory a moment later
+        else:
+            got = [os.read(r1, 200).decode().split() for _, r1, _ in kids]
+            spans[phase] = (min(float(g[0]) for g in got), max(float(g[1]) for g in got))
+        time.sleep(0.6)
+    data = b""
+    while chunk := os.read(tr, 1 << 20):
+        data += chunk
+    os.waitpid(tpid, 0)
+    stretches = eval(data.decode())  # noqa: S307 - our own child's repr of floats
+    rows = {name: [] for name in ["quiet", *PHASES]}
+    for a, b, ms in stretches:
+        hit = [ph for ph, (s, e) in spans.items() if a < e and s < b]
+        rows[hit[0] if hit else "quiet"].append(statistics.median(ms))
+    base = statistics.median(rows["quiet"])
+    name = f"{cell[0]} b{cell[1]} s{cell[2]}, {k} starting"
+    line = f"{name:28} quiet {base:.4f} ms ({len(rows['quiet'])} stretches)"
+    for ph in PHASES:
+        v = rows[ph]
+        if v:
+            worst = max(v, key=lambda x: abs(x / base - 1))
+            line += f" | {ph} {spans[ph][1] - spans[ph][0]:.2f} s: {len(v)} str, worst {100 * (worst / base - 1):+.1f}%"
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    for cell in CELLS:
+        for k in (1, 4):
+            run(cell, k)
