@@ -17,8 +17,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-import tasks.preload  # noqa: E402,F401  (what the fork server imports)
 import torch  # noqa: E402
+
+import tasks.preload  # noqa: E402,F401  (what the fork server imports)
 
 CELLS = [("cudnn", 8, 4096), ("flash", 1, 1024), ("math", 1, 256)]
 PHASES = ["context", "blas", "accuracy", "exit"]
