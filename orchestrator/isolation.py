@@ -5,13 +5,13 @@ A cell process goes through ``tasks.cell``'s phases; the runner hands the device
 points, so that nothing another cell does overlaps what this cell measures:
 
 * **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, a median 0.63 s
-  in sweeps on an H100 and an H200, 1.16-1.21 s on an H200 with paced timing, waits included)
-  runs as soon as the child is forked: ``prewarm`` children are started ahead of time while
-  earlier cells run, all at once when none is left waiting (their starts overlap). Its context
-  start never overlaps another cell's quiet window (its memory pass, host-inclusive calls and
-  timing): ``tasks.device.gpu_quiet`` keeps them apart with a lock per GPU (a context starting
-  beside paced replays moved them by up to 10% on an H200), and a waiting window goes before
-  the next start. cuBLAS and the accuracy kernels load beside windows (0.7% at most).
+  in sweeps on an H100 and an H200, 1.16 s on an H200 with paced timing, waits included) runs
+  as soon as the child is forked: ``prewarm`` children are started ahead of time while earlier
+  cells run, all at once when none is left waiting (their starts overlap), in
+  steps that never overlap another cell's quiet window (its memory pass, host-inclusive calls
+  and timing): ``tasks.device.gpu_quiet`` keeps them apart with a lock per GPU (a context
+  starting beside timed kernels moved their medians by up to 24% on an H200), and a waiting
+  window goes before the next step.
 * **prepare** (inputs, first call) and **measure** (warm-up, accuracy, kernel check, then the
   quiet window) wait until the previous cell has measured, freed its memory and returned its
   result (its process then exits). A prepare that runs out of memory meanwhile is tried again

@@ -6,8 +6,8 @@ see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
    (host-bound: a median 0.63 s a cell in sweeps on an H100 and an H200 with timing back to
-   back, 1.16-1.21 s on an H200 with paced timing and every step locked, waits for other
-   cells' quiet windows included), the environment record.
+   back, 1.16 s on an H200 with paced timing, waits for other cells' quiet windows included),
+   the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
 3. ``measure``: warm-up, the fp32 accuracy check, the kernel check, then the quiet window:
    the memory pass, the host-inclusive calls and the timing. ``before_memory`` is called before
@@ -34,7 +34,7 @@ import torch
 
 from orchestrator.rows import Status
 from tasks import faults, kernels, timing  # noqa: F401  (faults registers the fault_* backends)
-from tasks.device import HAS_NVML, ClockSampler, Held, Nvml, environment, gpu_quiet, nvml_handle
+from tasks.device import HAS_NVML, ClockSampler, Nvml, environment, gpu_quiet, nvml_handle
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -61,13 +61,13 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
 def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     """This process's device, ready to measure; and its columns (environment, start-up cost).
 
-    On a GPU: the driver and the context, in a step that holds the GPU's lock shared
-    (``gpu_quiet``), so that no cell's quiet window runs beside it: another process's context
-    start moved a paced cell's replays by up to 10% (math, batch 1, seq 256, on an H200). Then,
-    beside whatever runs, cuBLAS in each dtype and the accuracy check's kernels (the fp32 math
-    reference, the casts and norms), which moved them by 0.7% at most (``probe_disturb.txt``);
-    last, under the lock again, the cache emptied and the context's size read. No measured phase
-    pays for loading these."""
+    On a GPU, in steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU
+    work within it, so that a cell's quiet window on this GPU waits for one step at most: the
+    driver and the context; cuBLAS in each dtype; the accuracy check's kernels (the fp32 math
+    reference, the casts and norms). No measured phase pays for loading these. Every step holds
+    the lock: with cuBLAS and the accuracy kernels loading beside windows (1b953d6), two sweeps'
+    medians of the same cells differed by up to 13% (p90 3.0%, against 0.87% locked; H200),
+    though a probe of four cells saw them move replays by 0.7% at most (``probe_disturb.txt``)."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
@@ -93,17 +93,16 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
             q = torch.ones(1, 2, 16, 16, device=device, dtype=getattr(torch, dt))
             for causal in (True, False):
                 rel_error(q, reference(q, q, q, causal))
+        torch.cuda.empty_cache()
 
-    def settle() -> None:
-        torch.cuda.empty_cache()  # frees device memory: not beside a window
+    def context_bytes() -> None:
         if "gpu_uuid" in env:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
     waits = []
-    for work, locked in [(context, True), *((functools.partial(blas, dt), False) for dt in every_dtype),
-                         (accuracy_kernels, False), (settle, True)]:
-        # with the driver's start outside the lock, medians moved by up to 13% (H200)
-        with gpu_quiet(shared=True) if locked else contextlib.nullcontext(Held(0.0)) as held:
+    for work in [context, *(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels, context_bytes]:
+        # with the driver's start and this NVML reading outside it, medians moved by up to 13% (H200)
+        with gpu_quiet(shared=True) as held:
             work()
             torch.cuda.synchronize(device)
         waits.append(held.waited_s)

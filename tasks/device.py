@@ -65,15 +65,13 @@ def gpu_quiet(shared: bool = False):
     """Hold this node's lock for the GPU this process sees (``CUDA_VISIBLE_DEVICES``).
 
     A cell's quiet window (its memory pass and timing) holds it alone; a cell process starting
-    its CUDA context holds it ``shared`` for the steps of the start that move other processes'
-    kernels (the driver and context; emptying the cache), its GPU work finished within the step:
-    several start at once, none while a cell is in its quiet window. A window that waits goes before
+    its CUDA context holds it ``shared`` for each step of the start (the driver and context,
+    cuBLAS in each dtype, the accuracy kernels), its GPU work finished within the step: several
+    start at once, none while a cell is in its quiet window. A window that waits goes before
     any step asked for after it (a turnstile), so it waits for one step at most, not for whole
     starts. A process that starts its context while another times its kernels slows them: on an
     H200, cells started ahead of the measuring one moved the medians of 5-20 ms kernels by up to
-    24% between two runs (p90 6%), against 4.9% (p90 0.6%) with no process started ahead; with
-    paced timing, a context start moved a cell's replays by up to 10%, cuBLAS's and the
-    accuracy check's first calls by 0.7% at most (``docs/h200x2/probe_disturb.txt``). Lock
+    24% between two runs (p90 6%), against 4.9% (p90 0.6%) with no process started ahead. Lock
     files, so that a process killed while holding one lets go. Yields a ``Held`` that says how
     long the lock took."""
     held = Held()
