@@ -8,7 +8,10 @@ of 20 ms with 20 ms rests) for a few seconds. Meanwhile this process forks k chi
 fork server does, and has them go through a cell process's start one phase at a time, with
 pauses between: the CUDA context, cuBLAS in bf16 and fp32, the accuracy check's kernels; then
 they exit (context teardown). Each stretch of replays is put with the phase it overlapped.
-Usage: python docs/h200x2/probe_disturb.py   (needs a GPU)"""
+Usage: python docs/h200x2/probe_disturb.py          (needs a GPU; probe_disturb.txt)
+       python docs/h200x2/probe_disturb.py --long   long cells (3-50 ms, a call or two per stretch),
+           the driver's init apart from the context, and per call: the worst call and the share
+           of calls over +2% in each phase (the median over a stretch hid what sweeps saw)"""
 import os
 import statistics
 import sys
@@ -21,8 +24,10 @@ import torch  # noqa: E402
 
 import tasks.preload  # noqa: E402,F401  (what the fork server imports)
 
-CELLS = [("cudnn", 8, 4096), ("flash", 1, 1024), ("math", 1, 256)]
-PHASES = ["context", "blas", "accuracy", "exit"]
+LONG = "--long" in sys.argv
+CELLS = [("efficient", 8, 16384), ("eager", 8, 4096), ("cudnn", 32, 4096)] if LONG else \
+    [("cudnn", 8, 4096), ("flash", 1, 1024), ("math", 1, 256)]
+PHASES = ["init", "context", "blas", "accuracy", "exit"] if LONG else ["context", "blas", "accuracy", "exit"]
 
 
 def spec(backend, b, s):
@@ -51,11 +56,13 @@ def timer_main(cell, w, seconds):
     os.write(w, b"r")
     stretches = []
     end = time.time() + seconds
+    last = 0.02
     while time.time() < end:
-        time.sleep(0.02)
+        time.sleep(last if LONG else 0.02)  # long calls: rest as long as the stretch, as a sweep's half duty
         t0 = time.time()
         ms = timer.batch(graph.replay, n)
         stretches.append((t0, time.time(), ms))
+        last = time.time() - t0
     os.write(w, repr(stretches).encode())
     os.close(w)
     os._exit(0)
@@ -64,6 +71,9 @@ def timer_main(cell, w, seconds):
 def disturber(r, w):
     dev = torch.device("cuda", 0)
     from tasks.attention import reference, rel_error
+
+    def init():
+        torch.cuda.init()
 
     def ctx():
         torch.cuda.init()
@@ -80,11 +90,12 @@ def disturber(r, w):
             for causal in (True, False):
                 rel_error(q, reference(q, q, q, causal))
 
-    for work in (ctx, blas, acc):
+    for work in ((init,) if LONG else ()) + (ctx, blas, acc):
         os.read(r, 1)
         t0 = time.time()
         work()
-        torch.cuda.synchronize()
+        if work is not init:  # a sync would create the context
+            torch.cuda.synchronize()
         os.write(w, f"{t0} {time.time()}\n".encode())
     os.read(r, 1)
     os._exit(0)
@@ -95,7 +106,7 @@ def run(cell, k):
     tpid = os.fork()
     if tpid == 0:
         os.close(tr)
-        timer_main(cell, tw, 6.0)
+        timer_main(cell, tw, 7.5 if LONG else 6.0)
     os.close(tw)
     assert os.read(tr, 1) == b"r"
     kids = []
@@ -126,10 +137,23 @@ def run(cell, k):
     os.waitpid(tpid, 0)
     stretches = eval(data.decode())  # noqa: S307 - our own child's repr of floats
     rows = {name: [] for name in ["quiet", *PHASES]}
+    calls = {name: [] for name in ["quiet", *PHASES]}
     for a, b, ms in stretches:
         hit = [ph for ph, (s, e) in spans.items() if a < e and s < b]
         rows[hit[0] if hit else "quiet"].append(statistics.median(ms))
+        calls[hit[0] if hit else "quiet"] += ms
     base = statistics.median(rows["quiet"])
+    if LONG:
+        base = statistics.median(calls["quiet"])
+        line = f"{cell[0]} b{cell[1]} s{cell[2]}, {k} starting: quiet {base:.4f} ms ({len(calls['quiet'])} calls)"
+        for ph in PHASES:
+            v = calls[ph]
+            if v:
+                over = sum(x > base * 1.02 for x in v)
+                line += (f" | {ph} {spans[ph][1] - spans[ph][0]:.2f} s: {len(v)} calls, worst "
+                         f"{100 * (max(v) / base - 1):+.1f}%, {over} over +2%")
+        print(line, flush=True)
+        return
     name = f"{cell[0]} b{cell[1]} s{cell[2]}, {k} starting"
     line = f"{name:28} quiet {base:.4f} ms ({len(rows['quiet'])} stretches)"
     for ph in PHASES:
