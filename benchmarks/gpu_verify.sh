@@ -7,6 +7,7 @@
 # agreement: benchmarks/agreement.py on those cells, one GPU: new twice (run-to-run), the old protocol,
 #            and the new one without prewarmed processes
 # full:      +sweep=full (480 cells) on every GPU, with its report
+# disturb:   docs/h200x2/probe_disturb.py --long: do another process's start phases move long timed calls?
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_verify}
@@ -35,6 +36,11 @@ if want agreement; then
   timeout 560 python benchmarks/agreement.py --runs new:1,new:1,old:1,noprewarm:1 --keep "$OUT/work/agreement" \
     "${FULL120[@]}" 2>&1 \
     | grep -v "^\[" | tee "$OUT/agreement.txt"
+fi
+if want disturb; then
+  step "disturb: long cells timed while other processes start, phase by phase"
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python docs/h200x2/probe_disturb.py --long 2>&1 | grep -v -e Deprecation -e "os.fork()" \
+    | tee "$OUT/probe_disturb_long.txt"
 fi
 if want full; then
   step "+sweep=full on every GPU"
