@@ -176,7 +176,6 @@ def parts_table(df) -> str:
     ok["calls"] = pd.cut(ok.median_ms, [0, 1, 10, float("inf")], labels=["< 1 ms", "1-10 ms", ">= 10 ms"])
     cols = ["startup_s", "startup_wait_s", "spawn_s", "setup_s", "warmup_s", "timing_s", "memory_s", "kernels_s",
             "accuracy_s", "previous_wait_s", "quiet_wait_s", "measure_s", "cell_wall_s"]
-    cols = [c for c in cols if c in ok]
     t = ok.groupby("calls", observed=True)[cols].median()
     t.insert(0, "cells", ok.groupby("calls", observed=True).size())
     return t.to_string(float_format=lambda x: f"{x:.3f}")

@@ -6,7 +6,7 @@ see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 
 1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
    (host-bound: a median 0.63 s a cell in sweeps on an H100 and an H200 with timing back to
-   back, 1.16 s on an H200 with paced timing, waits for other cells' quiet windows included),
+   back, 1.16-1.21 s on an H200 with paced timing, waits for other cells' quiet windows included),
    the environment record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
 3. ``measure``: warm-up, the fp32 accuracy check, the kernel check, then the quiet window:
@@ -34,7 +34,7 @@ import torch
 
 from orchestrator.rows import Status
 from tasks import faults, kernels, timing  # noqa: F401  (faults registers the fault_* backends)
-from tasks.device import HAS_NVML, ClockSampler, Nvml, environment, gpu_quiet, nvml_handle
+from tasks.device import HAS_NVML, ClockSampler, Held, Nvml, environment, gpu_quiet, nvml_handle
 
 NO_KERNEL = ("No available kernel", "No viable backend")
 
@@ -67,7 +67,7 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     reference, the casts and norms). No measured phase pays for loading these. Every step holds
     the lock: with cuBLAS and the accuracy kernels loading beside windows (1b953d6), two sweeps'
     medians of the same cells differed by up to 13% (p90 3.0%, against 0.87% locked; H200),
-    though a probe of four cells saw them move replays by 0.7% at most (``probe_disturb.txt``)."""
+    though a probe of three cells saw them move replays by 0.7% at most (``probe_disturb.txt``)."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
@@ -157,7 +157,7 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     t2 = time.perf_counter()
     before_memory()
     t3 = time.perf_counter()
-    with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext() as held:
+    with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext(Held()) as held:
         mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
         clock = ClockSampler(nvml.handle) if nvml is not None else None
         t = timing.timed(work.step, device, protocol, warmed, clock)
@@ -167,7 +167,7 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     return {
         **p.cols, **t, **mem, **ran,
         "previous_wait_s": t3 - t2,
-        "quiet_wait_s": held.waited_s if held is not None else None,  # None: the CPU, or no lock taken
+        "quiet_wait_s": held.waited_s,  # None: the CPU, or no lock taken
         "accuracy_s": t1 - t0 if m["accuracy"] else None,
         "kernels_s": t2 - t1 if how != "off" else None,
         "rel_error": err,

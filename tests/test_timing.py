@@ -5,6 +5,8 @@ docs/h200x2/probe_power.py; here, that the loop keeps to the rule it promises.""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -64,8 +66,8 @@ def test_half_duty_rests_as_long_as_each_stretch_ran(clock):
     timer, ms, stop, wall = run(clock, 0.5)
     assert stop == "budget"
     assert max(n for _, _, n in timer.batches) * CALL_S <= timing._BURST_S + 1e-9, timer.batches  # <= 20 ms
-    for (_, end, _), (start, _, _), (s0, e0, _) in zip(timer.batches, timer.batches[1:], timer.batches):
-        assert start - end >= e0 - s0 - 1e-9, timer.batches  # a rest as long as the stretch before it
+    for (s0, e0, _), (start, _, _) in pairwise(timer.batches):
+        assert start - e0 >= e0 - s0 - 1e-9, timer.batches  # a rest as long as the stretch before it
     busy = sum(e - s for s, e, _ in timer.batches)
     assert wall >= 2 * busy - 1e-9
 
@@ -87,7 +89,7 @@ def test_the_budget_counts_timed_calls_not_rests(clock):
 
 def test_full_duty_runs_back_to_back(clock):
     timer, ms, stop, wall = run(clock, 1.0)
-    assert all(b[0] == a[1] for a, b in zip(timer.batches, timer.batches[1:]))  # no rests
+    assert all(b[0] == a[1] for a, b in pairwise(timer.batches))  # no rests
     assert max(n for _, _, n in timer.batches) * CALL_S > timing._BURST_S  # batches grow past a stretch
 
 

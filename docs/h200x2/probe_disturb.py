@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from probe_lifecycle import fork_piped  # noqa: E402  (this script's folder is on sys.path)
 
 import tasks.preload  # noqa: E402,F401  (what the fork server imports)
 
@@ -68,7 +69,7 @@ def timer_main(cell, w, seconds):
     os._exit(0)
 
 
-def disturber(r, w):
+def disturber(w, r):
     dev = torch.device("cuda", 0)
     from tasks.attention import reference, rel_error
 
@@ -109,14 +110,7 @@ def run(cell, k):
         timer_main(cell, tw, 7.5 if LONG else 6.0)
     os.close(tw)
     assert os.read(tr, 1) == b"r"
-    kids = []
-    for _ in range(k):
-        r1, w1 = os.pipe()
-        r2, w2 = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            disturber(r2, w1)
-        kids.append((pid, r1, w2))
+    kids = [fork_piped(disturber) for _ in range(k)]
     spans = {}
     time.sleep(0.8)
     for phase in PHASES:

@@ -36,6 +36,17 @@ def child(w: int, r: int) -> None:
     os._exit(0)
 
 
+def fork_piped(target) -> tuple[int, int, int]:
+    """A forked child running ``target(to_parent, from_parent)`` (pipe ends, raw descriptors);
+    returns (pid, the parent's read end, the parent's write end). ``target`` must not return."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        target(w1, r2)
+    return pid, r1, w2
+
+
 def main() -> None:
     pynvml.nvmlInit()
     h = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]))
@@ -49,12 +60,7 @@ def main() -> None:
         kids = []
         t0 = time.perf_counter()
         for _ in range(k):
-            r1, w1 = os.pipe()
-            r2, w2 = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                child(w1, r2)
-            kids.append((pid, r1, w2))
+            kids.append(fork_piped(child))
         got = [os.read(r1, 100).decode().split() for _, r1, _ in kids]
         wall = time.perf_counter() - t0
         ctx = statistics.median(float(g[0]) for g in got)

@@ -17,7 +17,8 @@ device, env = start_device("cuda", ["bfloat16"])
 h = nvml_handle(env["gpu_uuid"])
 print(env["device_name"], "max SM clock", pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM), "MHz,",
       "power limit", pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000, "W")
-reasons_of = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+reasons_of = (getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+              or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons)
 
 
 def sample(out, stop):
@@ -69,7 +70,8 @@ def run(replay, timer, calls_per_batch, sleep_s, total_s):
                     f"power {statistics.fmean(x[2] for x in sm) if sm else 0:5.0f} W "
                     f"temp {sm[-1][4] if sm else 0} C {lim}")
     every = [c for _, c in calls]
-    print(f"    all {len(every)} calls: median {statistics.median(every):.4f} ms, first 10 {statistics.median(every[:10]):.4f}, "
+    print(f"    all {len(every)} calls: median {statistics.median(every):.4f} ms, "
+          f"first 10 {statistics.median(every[:10]):.4f}, "
           f"last 10 {statistics.median(every[-10:]):.4f}")
     print("\n".join(rows))
 
@@ -82,8 +84,9 @@ for backend, b, s in [("cudnn", 8, 8192), ("flash", 32, 8192)]:
     graph, out, note = capture(p.work.step, device, warmed[1])
     timer = Timer(device, True)
     per = 0.004 if backend == "cudnn" else 0.025
-    for name, n, sl in [("continuous", max(1, int(0.02 / per)), 0.0), ("paced 20 ms on / 20 ms off", max(1, int(0.02 / per)), 0.02),
-                        ("paced 20 ms on / 60 ms off", max(1, int(0.02 / per)), 0.06), ("one call, 10 ms off", 1, 0.01)]:
+    stretch = max(1, int(0.02 / per))
+    for name, n, sl in [("continuous", stretch, 0.0), ("paced 20 ms on / 20 ms off", stretch, 0.02),
+                        ("paced 20 ms on / 60 ms off", stretch, 0.06), ("one call, 10 ms off", 1, 0.01)]:
         print(f"{backend} b{b} s{s}, {name}:", flush=True)
         run(graph.replay, timer, n, sl, 1.5)
     del graph, out, p, timer

@@ -5,7 +5,8 @@ own code (start_device, Prepared, warm, timed, the clock sampler) four times:
   r1  the same inputs again (a new graph);
   r2  new inputs, after a dummy allocation that moves them to other addresses;
   r3  the same, another shift.
-Before them, three accuracy checks (each with its own call), timed. Then the GPU kernels each cell ran (torch.profiler). If r0-r3 agree within a process and the
+Before them, three accuracy checks (each with its own call), timed. Then the GPU kernels each
+cell ran (torch.profiler). If r0-r3 agree within a process and the
 processes differ, the state is the process's; if r2/r3 move, it is where the inputs lie.
 Usage: python docs/h200x2/probe_process.py [N] [backend:batch:seq,...]   (a cell may repeat)
 PROBE_MEMORY=1: the sweep's memory pass before each timing, as in a cell's quiet window.
@@ -55,7 +56,8 @@ for backend, b, s in json.loads(sys.argv[1]):
         rounds.append({k: t.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "iters", "sm_clock_mhz", "clock_limits")})
     names = " | ".join(_gpu_kernels(p.work.step, device))  # pinned by Prepared
     release(p)
-    out[f"{backend} b{b} s{s}" + "'" * sum(k.startswith(f"{backend} b{b} s{s}") for k in out)] = {"rounds": rounds, "kernels": names, "checks": checks}
+    name = f"{backend} b{b} s{s}"
+    out[name + "'" * sum(k.startswith(name) for k in out)] = {"rounds": rounds, "kernels": names, "checks": checks}
 print("RESULT " + json.dumps(out))
 """
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 5

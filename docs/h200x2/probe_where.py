@@ -42,7 +42,7 @@ def show(tag, rows, specs=None):
     """Each row's median after its cell's name (from the row, or from the spec it measured)."""
     print(f"{tag:26} " + "  ".join(f"{c['backend']} b{c['batch_size']} s{c['seq_len']} "
                                    + (f"{r['median_ms']:.4f}" if r.get("status") == "ok" else str(r.get("status")))
-                                   for r, c in zip(rows, specs or rows)), flush=True)
+                                   for r, c in zip(rows, specs or rows, strict=True)), flush=True)
 
 
 def forkrunner(device):
