@@ -31,6 +31,7 @@ KINDS = {
     "old": ["measure.method=events", "measure.precision=0", "measure.budget_ms=500", "measure.warmup_ms=100",
             "measure.warmup_iters=3", "measure.min_iters=10", "measure.max_iters=1000"],
     "noprewarm": ["run.prewarm=0"],
+    "prewarm3": ["run.prewarm=3"],
     "backtoback": ["measure.duty=1"],  # timed calls unpaced, as before measure.duty
     "task": ["run.isolation=task"],
 }

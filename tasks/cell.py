@@ -61,22 +61,28 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
 def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     """This process's device, ready to measure; and its columns (environment, start-up cost).
 
-    On a GPU, in steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU
-    work within it, so that a cell's quiet window on this GPU waits for one step at most: the
-    driver and the context; cuBLAS in each dtype; the accuracy check's kernels (the fp32 math
-    reference, the casts and norms). No measured phase pays for loading these. Every step holds
-    the lock: with cuBLAS and the accuracy kernels loading beside windows (1b953d6), two sweeps'
-    medians of the same cells differed by up to 13% (p90 3.0%, against 0.87% locked; H200),
-    though a probe of three cells saw them move replays by 0.7% at most (``probe_disturb.txt``)."""
+    On a GPU: first the driver's start (``torch.cuda.init``: the driver, the devices; 0.14 s
+    alone on an H200), which is host work and moved no timed call of another process; then, in
+    steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU work within
+    it, so that a cell's quiet window on this GPU waits for one step at most: the context (one
+    process at a time), cuBLAS in each dtype, the accuracy check's kernels (the fp32 math
+    reference, the casts and norms). No measured phase pays for loading these. Each of those
+    steps moves another process's timed calls (``docs/h200x2/probe_disturb_long.txt``: single
+    calls of 3.6-49 ms by up to 54%, 13.7%, 2.3-3.3% and 7.2-24.7% for the context, cuBLAS and
+    the accuracy kernels, one process starting); with cuBLAS and the accuracy kernels loading
+    beside windows (1b953d6), two sweeps' medians of the same cells differed by up to 13%."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
     device = torch.device("cuda", 0)
     every_dtype = sorted({*dtypes, "float32"})
     env: dict = {}
+    # no context yet: beside timed calls of 3.6-49 ms it moved one call by 2.8%, the others by less than 2%
+    # (probe_disturb_long.txt). Before timing was paced, two sweeps with it outside the lock (9d28833) differed
+    # by 7-10% on three small math cells, whose speed also differs between processes (probe_where.txt).
+    torch.cuda.init()
 
     def context() -> None:
-        torch.cuda.init()
         torch.empty(1, device=device)
         env.update(environment(device))
 
@@ -100,9 +106,9 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
     waits = []
-    for work in [context, *(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels, context_bytes]:
-        # with the driver's start and this NVML reading outside it, medians moved by up to 13% (H200)
-        with gpu_quiet(shared=True) as held:
+    steps = [context, *(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels, context_bytes]
+    for work in steps:
+        with gpu_quiet(shared=True, one_at_a_time=work is context) as held:
             work()
             torch.cuda.synchronize(device)
         waits.append(held.waited_s)
