@@ -16,6 +16,7 @@ import socket
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -53,47 +54,21 @@ def gpu_lock_paths() -> tuple[str, str, str]:
     return lock, lock + ".next", lock + ".one"
 
 
+@dataclass
 class Held:
-    """What ``gpu_quiet`` gives its holder: ``waited_s``, how long taking the lock took (other
-    processes' windows or start steps; None where the lock files could not be opened); and, for
-    a quiet window, ``rest``."""
-
-    def __init__(self, fds: tuple[int, int] | None = None):
-        self.waited_s: float | None = None
-        self._fds = fds  # (lock, turnstile) of a window that holds the lock alone
-
-    def rest(self, seconds: float) -> None:
-        """Let the GPU rest between two stretches of timed calls, with the lock let go: other
-        processes' start steps may run meanwhile (a window's rests are half its timing). The
-        next stretch begins once ``seconds`` have passed and the steps under way have ended (a
-        start step finishes its GPU work within the step); that wait is added to ``waited_s``."""
-        if self._fds is None:
-            time.sleep(seconds)
-            return
-        lock, turnstile = self._fds
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        time.sleep(seconds)
-        t0 = time.perf_counter()
-        _alone(lock, turnstile)
-        self.waited_s += time.perf_counter() - t0
-
-
-def _alone(lock: int, turnstile: int) -> None:
-    fcntl.flock(turnstile, fcntl.LOCK_EX)  # no new start step from now on
-    fcntl.flock(lock, fcntl.LOCK_EX)  # the steps under way end
-    fcntl.flock(turnstile, fcntl.LOCK_UN)
+    waited_s: float | None = None  # how long taking the lock took (other processes' windows or start
+    #                                steps); None where the lock files could not be opened
 
 
 @contextlib.contextmanager
 def gpu_quiet(shared: bool = False, one_at_a_time: bool = False):
     """Hold this node's lock for the GPU this process sees (``CUDA_VISIBLE_DEVICES``).
 
-    A cell's quiet window (its memory pass and timing) holds it alone, but for the rests
-    between stretches of timed calls (``Held.rest``); a cell process starting holds it
-    ``shared`` for each step of its start (the context, cuBLAS in each dtype, the accuracy
-    kernels), its GPU work finished within the step: several start at once, none while a cell
-    times its calls. A window that waits goes before any step asked for after it (a
-    turnstile), so it waits for one step at most, not for whole starts. A process that starts
+    A cell's quiet window (its memory pass and timing) holds it alone; a cell process starting
+    holds it ``shared`` for each step of its start (the context, cuBLAS in each dtype, the
+    accuracy kernels), its GPU work finished within the step: several start at once, none while
+    a cell is in its quiet window. A window that waits goes before any step asked for after it
+    (a turnstile), so it waits for one step at most, not for whole starts. A process that starts
     its context while another times its kernels slows them: on an H200, cells started ahead of
     the measuring one moved the medians of 5-20 ms kernels by up to 24% between two runs (p90
     6%), against 4.9% (p90 0.6%) with no process started ahead; single calls of 3.6 ms by up to
@@ -104,7 +79,9 @@ def gpu_quiet(shared: bool = False, one_at_a_time: bool = False):
     0.23 s for two started together, 0.40 s for four), so taking turns costs the starts nothing
     and lets a window wait for one context, not for all of those started together.
 
-    Lock files, so that a process killed while holding one lets go. Yields a ``Held``."""
+    Lock files, so that a process killed while holding one lets go. Yields a ``Held`` that says
+    how long the lock took, turns included."""
+    held = Held()
     fds = []
     try:
         for path in gpu_lock_paths():
@@ -112,10 +89,9 @@ def gpu_quiet(shared: bool = False, one_at_a_time: bool = False):
     except OSError:  # another user's lock files we cannot open: measure without them
         for fd in fds:
             os.close(fd)
-        yield Held()
+        yield held
         return
     lock, turnstile, turn = fds
-    held = Held(None if shared else (lock, turnstile))
     t0 = time.perf_counter()
     try:
         if shared:
@@ -125,7 +101,9 @@ def gpu_quiet(shared: bool = False, one_at_a_time: bool = False):
             fcntl.flock(turnstile, fcntl.LOCK_UN)
             fcntl.flock(lock, fcntl.LOCK_SH)
         else:
-            _alone(lock, turnstile)
+            fcntl.flock(turnstile, fcntl.LOCK_EX)  # no new start step from now on
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the steps under way end
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
         held.waited_s = time.perf_counter() - t0
         yield held
     finally:

@@ -177,27 +177,24 @@ def capture(fn: Callable, device: torch.device, stream):
 
 
 def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol,
-               while_busy: Callable | None = None, rest: Callable[[float], None] | None = None
-               ) -> tuple[list[float], str]:
+               while_busy: Callable | None = None) -> tuple[list[float], str]:
     """Timed calls in growing batches until the stopping rule holds; returns (ms, stop_reason).
-    On a GPU below full duty, a batch is one stretch (step 5 above), after a rest: ``rest(s)``
-    returns after s seconds at least (default: ``time.sleep``)."""
-    rest = rest or time.sleep
+    On a GPU below full duty, a batch is one stretch (step 5 above), after a rest."""
     ms: list[float] = []
-    resting = (1 - p.duty) / p.duty if timer.cuda and p.duty < 1 else 0.0
-    most = max(1, int(_BURST_S / max(est_s, 1e-7))) if resting else p.max_iters  # calls in one stretch
+    rest = (1 - p.duty) / p.duty if timer.cuda and p.duty < 1 else 0.0
+    most = max(1, int(_BURST_S / max(est_s, 1e-7))) if rest else p.max_iters  # calls in one stretch
     batch = max(1, min(p.max_iters, int(_BATCH_S / max(est_s, 1e-7))))
     last = max(_BURST_S, est_s)  # the calls right before (host pass, capture) count as a stretch
     spent = 0.0
     while True:
-        if resting:
-            rest(last * resting)
+        if rest:
+            time.sleep(last * rest)
         t = time.perf_counter()
         ms += timer.batch(call, min(batch, most, p.max_iters - len(ms)), while_busy=while_busy)
         last = time.perf_counter() - t
         spent += last
         spent_ms = spent * 1e3
-        if resting:  # stretches of _BURST_S by what a timed call has taken, not the eager estimate
+        if rest:  # stretches of _BURST_S by what a timed call has taken, not the eager estimate
             most = max(1, int(_BURST_S / (spent / len(ms))))
         if len(ms) >= p.max_iters:
             return ms, "max_iters"
@@ -226,12 +223,10 @@ def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[
 
 
 def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
-          while_busy: Callable[[torch.cuda.Event], None] | None = None,
-          rest: Callable[[float], None] | None = None) -> dict:
+          while_busy: Callable[[torch.cuda.Event], None] | None = None) -> dict:
     """After ``warm``: the host-inclusive pass, the capture, the timing by the protocol above;
     the row's timing columns. ``while_busy(last_event)`` is called after each timed batch is
-    queued (the GPU's clock is sampled until the batch is done); ``rest`` makes the paced rests
-    (``tasks.device.Held.rest`` lets other processes' start steps run in them)."""
+    queued (the GPU's clock is sampled until the batch is done)."""
     cols, stream = warmed
     timer = Timer(device, p.flush_l2)
     t0 = time.perf_counter()
@@ -247,7 +242,7 @@ def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
         else:
             note = f"measure.method={p.method}"
     method = "cuda_graph" if graph is not None else ("cuda_events" if timer.cuda else "cpu_clock")
-    ms, stop = timed_loop(timer, graph.replay if graph is not None else fn, est_s, p, while_busy, rest)
+    ms, stop = timed_loop(timer, graph.replay if graph is not None else fn, est_s, p, while_busy)
     stats = summarize(ms)
     cols = cols | {
         **stats,

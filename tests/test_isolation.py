@@ -128,27 +128,6 @@ def test_contexts_start_one_at_a_time_and_a_window_waits_for_one(made_up_gpu):
     assert time.perf_counter() - ended > 0.9  # and holds its second after the window
 
 
-def test_a_window_lets_start_steps_run_in_its_rests(made_up_gpu):
-    """Between two stretches of timed calls the window lets go of the lock: a start step asked
-    for meanwhile runs in the rest, and the next stretch waits until that step has ended (and
-    counts the wait, quiet_wait_s)."""
-    import select
-
-    from tasks.device import gpu_quiet
-
-    with gpu_quiet() as held:
-        step = asking(made_up_gpu, 0.6, shared=True)
-        assert not select.select([step.stdout], [], [], 0.3)[0]  # no step while calls are timed
-        before = held.waited_s
-        t0 = time.perf_counter()
-        held.rest(0.1)
-        took = time.perf_counter() - t0
-        assert step.stdout.readline().strip() == "held"  # it ran in the rest
-        assert 0.5 < took < 1.5  # and the window came back once it had ended
-        assert held.waited_s - before > 0.4
-    step.wait()
-
-
 def test_one_gpu_is_quiet_for_one_process_at_a_time(made_up_gpu, monkeypatch):
     """A cell process starting its CUDA context waits while another times its kernels on the
     same GPU (and the other way round); several start at once; another GPU does not wait; a
