@@ -19,6 +19,7 @@ end), retries crashed and timed-out cells, and reports each device's current cel
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -87,6 +88,9 @@ class PoolLauncher:
         return failure(Status.CRASHED.value, f"device worker died: {str(exc).strip().splitlines()[0]}", time.time())
 
     def close(self, slots: list[Slot]) -> None:
+        live = [s.handle for s in slots if s.handle is not None]
+        with contextlib.suppress(ray.exceptions.RayError):  # a dead or busy actor is killed all the same
+            ray.get([h.close.remote() for h in live], timeout=10)
         for s in slots:
             if s.handle is not None:
                 ray.kill(s.handle)

@@ -161,6 +161,17 @@ def start(preload: list[str] = PRELOAD, log: str | None = None) -> tuple[str, su
     return address, proc
 
 
+def stop(address: str, proc: subprocess.Popen) -> None:
+    """Stop a server that ``start`` started (its children die with it) and remove its socket
+    and the folder made for it, so that no run leaves anything in the temporary folder."""
+    proc.kill()
+    proc.wait()
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(address))
+
+
 class Client:
     """A connection to a server: ``fork`` children, learn how they ended."""
 

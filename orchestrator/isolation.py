@@ -4,8 +4,8 @@ at a time, with the next cells' process start hidden behind the current cell's w
 A cell process goes through ``tasks.cell``'s phases; the runner hands the device on at fixed
 points, so that nothing another cell does overlaps what this cell measures:
 
-* **start** (CUDA context, cuBLAS, the accuracy check's kernels: host-bound, a median 0.63 s
-  in sweeps on an H100 and an H200, 1.16-1.21 s on an H200 paced, waits included) runs
+* **start** (the driver, the CUDA context, cuBLAS, the accuracy check's kernels: 0.55 s alone
+  on an H200, a median 1.07-1.2 s in paced sweeps there, waits included) runs
   as soon as the child is forked: ``prewarm`` children are started ahead of time while earlier
   cells run, all at once when none is left waiting (their starts overlap), in
   steps that never overlap another cell's quiet window (its memory pass, host-inclusive calls

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from orchestrator import cluster
+from orchestrator import cluster, forkserver
 from orchestrator.cluster import ClusterError
 from orchestrator.errors import Interrupted
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
@@ -142,8 +142,7 @@ class Session:
 
     def _stop_fork(self) -> None:
         if self.fork is not None:
-            self.fork[1].kill()
-            self.fork[1].wait()
+            forkserver.stop(*self.fork)
             self.fork = None
 
     # ------------------------------------------------------------------ devices

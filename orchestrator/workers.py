@@ -50,7 +50,8 @@ class DeviceWorker:
         normal_priority()
         self.server = None
         if not address or not os.path.exists(address):  # another host: a fork server of our own
-            address, self.server = forkserver.start()
+            self.server = forkserver.start()
+            address = self.server[0]
         self.where = where()
         self.runner = ForkRunner(address, device, self.where["visible_devices"], dtypes, prewarm, start_timeout_s)
 
@@ -62,6 +63,13 @@ class DeviceWorker:
     def run(self, spec: dict, timeout_s: float) -> dict:
         return self.runner.run(spec, timeout_s) | {"node_id": self.where["node_id"],
                                                    "cuda_visible_devices": self.where["visible_devices"]}
+
+    def close(self) -> None:
+        """The waiting cell processes go, and a fork server of our own with its socket."""
+        self.runner.close()
+        if self.server is not None:
+            forkserver.stop(*self.server)
+            self.server = None
 
 
 @ray.remote(max_calls=1, max_retries=0)

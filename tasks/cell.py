@@ -4,10 +4,10 @@ A cell's life has three phases, which the pool runs overlapped across cells (a c
 ``start_device`` and ``prepare`` happen while the previous cell on the device still works;
 see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 
-1. ``start_device``: the CUDA context, cuBLAS and the fp32 kernels of the accuracy check
-   (host-bound: a median 0.63 s a cell in sweeps on an H100 and an H200 with timing back to
-   back, 1.16-1.21 s on an H200 with paced timing, waits for other cells' quiet windows included),
-   the environment record.
+1. ``start_device``: the driver, the CUDA context, cuBLAS and the fp32 kernels of the accuracy
+   check (0.55 s alone on an H200, of which 0.14 s the driver's start; a median 1.07-1.2 s a
+   cell in paced sweeps there, waits for other cells' quiet windows included), the environment
+   record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
 3. ``measure``: warm-up, the fp32 accuracy check, the kernel check, then the quiet window:
    the memory pass, the host-inclusive calls and the timing. ``before_memory`` is called before
@@ -61,25 +61,26 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
 def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     """This process's device, ready to measure; and its columns (environment, start-up cost).
 
-    On a GPU: first the driver's start (``torch.cuda.init``: the driver, the devices; 0.14 s
-    alone on an H200), which is host work and moved no timed call of another process; then, in
-    steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU work within
-    it, so that a cell's quiet window on this GPU waits for one step at most: the context (one
-    process at a time), cuBLAS in each dtype, the accuracy check's kernels (the fp32 math
-    reference, the casts and norms). No measured phase pays for loading these. Each of those
-    steps moves another process's timed calls (``docs/h200x2/probe_disturb_long.txt``: single
-    calls of 3.6-49 ms by up to 54%, 13.7%, 2.3-3.3% and 7.2-24.7% for the context, cuBLAS and
-    the accuracy kernels, one process starting); with cuBLAS and the accuracy kernels loading
-    beside windows (1b953d6), two sweeps' medians of the same cells differed by up to 13%."""
+    On a GPU: first the driver's start (``torch.cuda.init``: the driver and the devices, no
+    context; 0.14 s alone on an H200), host work that may overlap another cell's timing; then,
+    in steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU work
+    within it, so that a cell's quiet window on this GPU waits for one step at most: the
+    context, cuBLAS in each dtype, the accuracy check's kernels (the fp32 math reference, the
+    casts and norms). No measured phase pays for loading these. Each of those steps moves
+    another process's timed calls of 3.6-49 ms (``docs/h200x2/probe_disturb_long.txt``, worst
+    single call with one process starting): the context by 13-54%, cuBLAS by 1-3.3%, the
+    accuracy kernels by 7-25%. With cuBLAS and the accuracy kernels loading beside windows
+    (1b953d6), two sweeps' medians of the same cells differed by up to 13% (p90 3.0%)."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
     device = torch.device("cuda", 0)
     every_dtype = sorted({*dtypes, "float32"})
     env: dict = {}
-    # no context yet: beside timed calls of 3.6-49 ms it moved one call by 2.8%, the others by less than 2%
-    # (probe_disturb_long.txt). Before timing was paced, two sweeps with it outside the lock (9d28833) differed
-    # by 7-10% on three small math cells, whose speed also differs between processes (probe_where.txt).
+    # beside timed calls of 3.6-49 ms it moved one call by 2.8%, the others by less than 2% (probe_disturb_long.txt);
+    # two sweeps with it outside the lock: p90 0.86%, 89 of 90 cells of 50 us and more within 2% (H200). Before
+    # timing was paced (9d28833), three small math cells moved 7-10% with it here: their speed differs between
+    # processes anyway (probe_where.txt).
     torch.cuda.init()
 
     def context() -> None:
@@ -106,9 +107,8 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
     waits = []
-    steps = [context, *(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels, context_bytes]
-    for work in steps:
-        with gpu_quiet(shared=True, one_at_a_time=work is context) as held:
+    for work in [context, *(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels, context_bytes]:
+        with gpu_quiet(shared=True) as held:
             work()
             torch.cuda.synchronize(device)
         waits.append(held.waited_s)

@@ -45,13 +45,13 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def gpu_lock_paths() -> tuple[str, str, str]:
-    """The lock file of the GPU this process sees (``gpu_quiet``), its turnstile, and the lock
-    that lets one CUDA context start at a time on it, in this node's shared memory."""
+def gpu_lock_paths() -> tuple[str, str]:
+    """The lock file of the GPU this process sees (``gpu_quiet``) and its turnstile, in this
+    node's shared memory."""
     key = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     lock = os.path.join(folder, f"attention-sweep-gpu-{key or 'none'}.lock")
-    return lock, lock + ".next", lock + ".one"
+    return lock, lock + ".next"
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Held:
 
 
 @contextlib.contextmanager
-def gpu_quiet(shared: bool = False, one_at_a_time: bool = False):
+def gpu_quiet(shared: bool = False):
     """Hold this node's lock for the GPU this process sees (``CUDA_VISIBLE_DEVICES``).
 
     A cell's quiet window (its memory pass and timing) holds it alone; a cell process starting
@@ -74,13 +74,8 @@ def gpu_quiet(shared: bool = False, one_at_a_time: bool = False):
     6%), against 4.9% (p90 0.6%) with no process started ahead; single calls of 3.6 ms by up to
     54% while one context started, 178% while four did (``probe_disturb_long.txt``).
 
-    ``one_at_a_time`` (with ``shared``): such steps take turns among themselves before they take
-    the lock. The driver makes contexts one after another anyway (0.11 s each alone on an H200,
-    0.23 s for two started together, 0.40 s for four), so taking turns costs the starts nothing
-    and lets a window wait for one context, not for all of those started together.
-
     Lock files, so that a process killed while holding one lets go. Yields a ``Held`` that says
-    how long the lock took, turns included."""
+    how long the lock took."""
     held = Held()
     fds = []
     try:
@@ -91,12 +86,10 @@ def gpu_quiet(shared: bool = False, one_at_a_time: bool = False):
             os.close(fd)
         yield held
         return
-    lock, turnstile, turn = fds
+    lock, turnstile = fds
     t0 = time.perf_counter()
     try:
         if shared:
-            if one_at_a_time:
-                fcntl.flock(turn, fcntl.LOCK_EX)
             fcntl.flock(turnstile, fcntl.LOCK_SH)  # wait behind a window that is waiting for the lock
             fcntl.flock(turnstile, fcntl.LOCK_UN)
             fcntl.flock(lock, fcntl.LOCK_SH)

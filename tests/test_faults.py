@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, ensure_ray, make_cfg
 
+from orchestrator import forkserver
 from orchestrator.driver import run
 from orchestrator.store import Store
 
@@ -33,7 +34,10 @@ def faults_sweep(tmp_path, *overrides):
     return summary, Store(store).read().set_index("backend")
 
 
-def test_pool_mode_turns_every_failure_into_its_row(tmp_path):
+def test_pool_mode_turns_every_failure_into_its_row(tmp_path, monkeypatch):
+    started = []  # the fork servers the sweep starts (the real ones), to see they leave nothing behind
+    real_start = forkserver.start
+    monkeypatch.setattr(forkserver, "start", lambda *a, **kw: started.append(real_start(*a, **kw)) or started[-1])
     summary, df = faults_sweep(tmp_path)
     assert len(df) == len(EXPECTED) and df.cell_id.is_unique
     for backend, (status, words, attempts) in EXPECTED.items():
@@ -43,6 +47,7 @@ def test_pool_mode_turns_every_failure_into_its_row(tmp_path):
         assert row.attempts == attempts, backend
     assert df.loc["eager", "median_ms"] > 0 and df.loc["eager", "pid"] != df.loc["math", "pid"]
     assert summary.statuses == {"ok": 2, "error": 2, "oom": 1, "crashed": 3, "timeout": 1}
+    assert started and not [a for a, _ in started if os.path.exists(os.path.dirname(a))]  # no socket left in /tmp
 
 
 @pytest.mark.slow

@@ -31,8 +31,7 @@ def spec(backend, n=64):
 def fork_server():
     address, proc = forkserver.start()
     yield address, proc
-    proc.kill()
-    proc.wait()
+    forkserver.stop(address, proc)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_wait_gone_waits_for_a_live_process_only():
 
 HOLD = ("import sys, time; from tasks.device import gpu_quiet\n"
         "print('asking', flush=True)\n"
-        "with gpu_quiet(shared=sys.argv[2] != 'alone', one_at_a_time=sys.argv[2] == 'one'):\n"
+        "with gpu_quiet(shared=sys.argv[2] == 'shared'):\n"
         "    print('held', flush=True); time.sleep(float(sys.argv[1]))")
 
 
@@ -85,7 +84,7 @@ def made_up_gpu(monkeypatch):
             os.unlink(path)
 
 
-def hold(made_up_gpu, seconds: float, shared: bool | str = False) -> subprocess.Popen:
+def hold(made_up_gpu, seconds: float, shared: bool = False) -> subprocess.Popen:
     """A process that holds the current GPU's lock for `seconds` (as a starting cell process
     does when `shared`, as a measuring one otherwise), once it holds it."""
     holder = asking(made_up_gpu, seconds, shared)
@@ -93,39 +92,14 @@ def hold(made_up_gpu, seconds: float, shared: bool | str = False) -> subprocess.
     return holder
 
 
-def asking(made_up_gpu, seconds: float, shared: bool | str = False) -> subprocess.Popen:
-    """Such a process, once it is about to ask for the lock (``shared="one"``: a context's step,
-    one at a time)."""
-    how = "one" if shared == "one" else "shared" if shared else "alone"
+def asking(made_up_gpu, seconds: float, shared: bool = False) -> subprocess.Popen:
+    """Such a process, once it is about to ask for the lock."""
+    how = "shared" if shared else "alone"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(seconds), how], stdout=subprocess.PIPE, text=True,
                               cwd=ROOT)
     made_up_gpu.holders.append(holder)
     assert holder.stdout.readline().strip() == "asking"
     return holder
-
-
-def test_contexts_start_one_at_a_time_and_a_window_waits_for_one(made_up_gpu):
-    """Processes starting their CUDA contexts on one GPU take turns (the driver makes them one
-    after another anyway); other start steps go beside a context's; a quiet window asked for
-    meanwhile waits for the context under way, not for every context asked for before it."""
-    from tasks.device import gpu_quiet
-
-    first = hold(made_up_gpu, 600, shared="one")  # a context starting until killed
-    second = asking(made_up_gpu, 1.0, shared="one")
-    time.sleep(0.3)  # the second now waits for its turn, holding nothing
-    t0 = time.perf_counter()
-    with gpu_quiet(shared=True) as held:  # cuBLAS of a third process: beside the context
-        assert time.perf_counter() - t0 < 0.5 and held.waited_s < 0.5
-    threading.Timer(0.5, first.kill).start()
-    t0 = time.perf_counter()
-    with gpu_quiet():  # the window: after the first context, before the second
-        waited = time.perf_counter() - t0
-        time.sleep(0.5)
-    ended = time.perf_counter()
-    assert 0.3 < waited < 1.2  # the first context's 0.5 s, not the second's 1 s too
-    assert second.stdout.readline().strip() == "held"  # then the second context starts
-    second.wait()
-    assert time.perf_counter() - ended > 0.9  # and holds its second after the window
 
 
 def test_one_gpu_is_quiet_for_one_process_at_a_time(made_up_gpu, monkeypatch):
