@@ -6,7 +6,8 @@ Why not ``multiprocessing``'s forkserver: that one belongs to the process that s
 one listens on a unix socket, so the driver can start it *before* Ray (its imports, about
 10 s on an H100 machine, overlap Ray's start) and a device actor on the same host connects to
 it; an actor on another host starts its own. The server dies with whoever started it (its
-stdin closes), and its children die with it (``PR_SET_PDEATHSIG``).
+stdin closes, or SIGTERM when that process dies, even by SIGKILL) and removes its socket and
+folder; its children die with it (``PR_SET_PDEATHSIG``). ``stop`` kills it and removes them.
 
 Protocol, per client connection: the client sends ``(module, function)`` with one file
 descriptor (the child's end of a socket pair); the server forks, the child calls
@@ -34,12 +35,12 @@ from multiprocessing import reduction
 PRELOAD = ["tasks.preload"]  # torch, the cell code, and what cells import lazily
 
 
-def die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent goes, so no orphan holds a GPU."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: send this process `sig` when its parent goes, so no orphan holds a GPU."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 def _send(sock: socket.socket, obj, fds=()) -> None:
@@ -74,6 +75,7 @@ def _child(listener, clients, request, fd) -> None:
         c.close()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
     code = 0
     try:
@@ -88,8 +90,29 @@ def _child(listener, clients, request, fd) -> None:
 
 
 def serve(address: str, preload: list[str]) -> None:
+    """Serve until whoever started us is gone (stdin closed, or SIGTERM: the parent died); then
+    remove the socket and its folder."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
+    signal.signal(signal.SIGTERM, _leave)
+    try:
+        _serve(listener, preload)
+    finally:
+        _remove(address)
+
+
+def _leave(signum, frame):
+    raise SystemExit(0)
+
+
+def _remove(address: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(address))
+
+
+def _serve(listener: socket.socket, preload: list[str]) -> None:
     listener.listen(64)  # clients may connect while the imports below run
     for module in preload:
         importlib.import_module(module)
@@ -166,10 +189,7 @@ def stop(address: str, proc: subprocess.Popen) -> None:
     and the folder made for it, so that no run leaves anything in the temporary folder."""
     proc.kill()
     proc.wait()
-    with contextlib.suppress(OSError):
-        os.unlink(address)
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(address))
+    _remove(address)
 
 
 class Client:
@@ -236,5 +256,5 @@ def _now() -> float:
 
 
 if __name__ == "__main__":
-    die_with_parent()
+    die_with_parent(signal.SIGTERM)  # not SIGKILL: the server removes its socket before it goes
     serve(sys.argv[1], sys.argv[2:])

@@ -107,13 +107,31 @@ def finish(proc):
     proc.wait()
 
 
+def fork_server_address(driver_pid: int) -> str:
+    """The socket of the fork server a driver process started (from the server's command line)."""
+    import psutil
+
+    for child in psutil.Process(driver_pid).children():
+        cmd = child.cmdline()
+        if "orchestrator.forkserver" in cmd:
+            return cmd[cmd.index("orchestrator.forkserver") + 1]
+    raise AssertionError("the driver runs no fork server")
+
+
 @pytest.mark.slow
 def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
     store = tmp_path / "results"
-    proc = signal_mid_sweep(store, tmp_path / "run1", 6, signal.SIGKILL)
+    proc = start_sweep(store, tmp_path / "run1")
+    wait_for_rows(store, 6, proc)
+    socket_path = fork_server_address(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = Store(store).read()
     finish(proc)
+    deadline = time.time() + 10
+    while os.path.exists(socket_path) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(os.path.dirname(socket_path))  # the orphaned fork server removed its socket
     assert 6 <= len(before) < 24 and before.cell_id.is_unique
     proc2 = start_sweep(store, tmp_path / "run2")
     out, _ = proc2.communicate(timeout=300)
