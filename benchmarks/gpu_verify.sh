@@ -8,6 +8,7 @@
 #            and the new one without prewarmed processes
 # full:      +sweep=full (480 cells) on every GPU, with its report
 # disturb:   docs/h200x2/probe_disturb.py --long: do another process's start phases move long timed calls?
+# start:     docs/h200x2/probe_start.py: a cell process's start, step by step, 1, 2 and 4 at once
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_verify}
@@ -41,6 +42,11 @@ if want disturb; then
   step "disturb: long cells timed while other processes start, phase by phase"
   CUDA_VISIBLE_DEVICES=0 timeout 240 python docs/h200x2/probe_disturb.py --long 2>&1 | grep -v -e Deprecation -e "os.fork()" \
     | tee "$OUT/probe_disturb_long.txt"
+fi
+if want start; then
+  step "start: a cell process's start, step by step"
+  CUDA_VISIBLE_DEVICES=0 timeout 120 python docs/h200x2/probe_start.py 2>&1 | grep -v -e Deprecation -e "os.fork()" \
+    | tee "$OUT/probe_start.txt"
 fi
 if want full; then
   step "+sweep=full on every GPU"
