@@ -9,6 +9,7 @@
 # full:      +sweep=full (480 cells) on every GPU, with its report
 # disturb:   docs/h200x2/probe_disturb.py --long: do another process's start phases move long timed calls?
 # start:     docs/h200x2/probe_start.py: a cell process's start, step by step, 1, 2 and 4 at once
+# drivercalls: docs/h200x2/probe_driver_calls.py: a measuring cell's own driver calls while others start
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_verify}
@@ -47,6 +48,11 @@ if want start; then
   step "start: a cell process's start, step by step"
   CUDA_VISIBLE_DEVICES=0 timeout 120 python docs/h200x2/probe_start.py 2>&1 | grep -v -e Deprecation -e "os.fork()" \
     | tee "$OUT/probe_start.txt"
+fi
+if want drivercalls; then
+  step "drivercalls: a measuring cell's driver calls while other processes start"
+  CUDA_VISIBLE_DEVICES=0 timeout 120 python docs/h200x2/probe_driver_calls.py 2>&1 | grep -v -e Deprecation -e "os.fork()" \
+    | tee "$OUT/probe_driver_calls.txt"
 fi
 if want full; then
   step "+sweep=full on every GPU"
