@@ -70,12 +70,12 @@ def _recv(sock: socket.socket):
 
 def _child(listener, clients, request, fd) -> None:
     """In the forked child: drop the server's sockets and handlers, then run the target."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     listener.close()
     for c in clients:
         c.close()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
     code = 0
     try:
@@ -94,11 +94,13 @@ def serve(address: str, preload: list[str]) -> None:
     remove the socket and its folder."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
+    server = os.getpid()
     signal.signal(signal.SIGTERM, _leave)
     try:
         _serve(listener, preload)
     finally:
-        _remove(address)
+        if os.getpid() == server:  # not in a child that a signal reached before it reset its handlers
+            _remove(address)
 
 
 def _leave(signum, frame):
