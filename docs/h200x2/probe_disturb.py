@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
-from probe_lifecycle import fork_piped  # noqa: E402  (this script's folder is on sys.path)
+from probe_lifecycle import beside_phases  # noqa: E402  (this script's folder is on sys.path)
 
 import tasks.preload  # noqa: E402,F401  (what the fork server imports)
 
@@ -103,33 +103,8 @@ def disturber(w, r):
 
 
 def run(cell, k):
-    tr, tw = os.pipe()
-    tpid = os.fork()
-    if tpid == 0:
-        os.close(tr)
-        timer_main(cell, tw, 7.5 if LONG else 6.0)
-    os.close(tw)
-    assert os.read(tr, 1) == b"r"
-    kids = [fork_piped(disturber) for _ in range(k)]
-    spans = {}
-    time.sleep(0.8)
-    for phase in PHASES:
-        t0 = time.time()
-        for _, _, w2 in kids:
-            os.write(w2, b"g")
-        if phase == "exit":
-            for pid, _, _ in kids:
-                os.waitpid(pid, 0)
-            spans[phase] = (t0, time.time() + 0.02)  # the driver frees the memory a moment later
-        else:
-            got = [os.read(r1, 200).decode().split() for _, r1, _ in kids]
-            spans[phase] = (min(float(g[0]) for g in got), max(float(g[1]) for g in got))
-        time.sleep(0.6)
-    data = b""
-    while chunk := os.read(tr, 1 << 20):
-        data += chunk
-    os.waitpid(tpid, 0)
-    stretches = eval(data.decode())  # noqa: S307 - our own child's repr of floats
+    stretches, spans = beside_phases(lambda w, seconds: timer_main(cell, w, seconds), 7.5 if LONG else 6.0,
+                                     disturber, k, PHASES)
     rows = {name: [] for name in ["quiet", *PHASES]}
     calls = {name: [] for name in ["quiet", *PHASES]}
     for a, b, ms in stretches:

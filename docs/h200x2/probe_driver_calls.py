@@ -17,7 +17,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 from probe_disturb import spec  # noqa: E402  (this script's folder is on sys.path)
-from probe_lifecycle import fork_piped  # noqa: E402
+from probe_lifecycle import beside_phases  # noqa: E402
 
 import tasks.preload  # noqa: E402,F401  (what the fork server imports)
 
@@ -76,33 +76,7 @@ def starter(w, r):
 
 
 def run(k):
-    tr, tw = os.pipe()
-    mpid = os.fork()
-    if mpid == 0:
-        os.close(tr)
-        measurer(tw, 5.0)
-    os.close(tw)
-    assert os.read(tr, 1) == b"r"
-    kids = [fork_piped(starter) for _ in range(k)]
-    spans = {}
-    time.sleep(0.8)
-    for phase in PHASES:
-        t0 = time.time()
-        for _, _, w2 in kids:
-            os.write(w2, b"g")
-        if phase == "exit":
-            for pid, _, _ in kids:
-                os.waitpid(pid, 0)
-            spans[phase] = (t0, time.time() + 0.02)
-        else:
-            got = [os.read(r1, 200).decode().split() for _, r1, _ in kids]
-            spans[phase] = (min(float(g[0]) for g in got), max(float(g[1]) for g in got))
-        time.sleep(0.6)
-    data = b""
-    while chunk := os.read(tr, 1 << 20):
-        data += chunk
-    os.waitpid(mpid, 0)
-    records = eval(data.decode())  # noqa: S307 - our own child's repr of floats and a dict
+    records, spans = beside_phases(measurer, 5.0, starter, k, PHASES)
     by = {name: {c: [] for c in CALLS} for name in ["quiet", *PHASES]}
     for a, b, t in records:
         hit = [ph for ph, (s, e) in spans.items() if a < e and s < b]

@@ -47,6 +47,48 @@ def fork_piped(target) -> tuple[int, int, int]:
     return pid, r1, w2
 
 
+def drive_phases(kids, phases, pause_s: float = 0.6) -> dict:
+    """Tell children made by ``fork_piped`` to go through `phases` together, one byte each; a
+    child answers each phase but "exit" with "start end" (wall-clock seconds) and leaves at
+    "exit". Returns {phase: (first start, last end)}."""
+    spans = {}
+    for phase in phases:
+        t0 = time.time()
+        for _, _, w2 in kids:
+            os.write(w2, b"g")
+        if phase == "exit":
+            for pid, _, _ in kids:
+                os.waitpid(pid, 0)
+            spans[phase] = (t0, time.time() + 0.02)  # the driver frees the memory a moment later
+        else:
+            got = [os.read(r1, 200).decode().split() for _, r1, _ in kids]
+            spans[phase] = (min(float(g[0]) for g in got), max(float(g[1]) for g in got))
+        time.sleep(pause_s)
+    return spans
+
+
+def beside_phases(measure, seconds: float, disturb, k: int, phases) -> tuple[list, dict]:
+    """Fork ``measure(w, seconds)``, which writes b"r" once ready, then the repr of a list of
+    records, and leaves; once it is ready, fork k children running ``disturb`` (see
+    ``fork_piped``) and drive them through `phases` (``drive_phases``). Returns (the records,
+    {phase: (first start, last end)})."""
+    tr, tw = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(tr)
+        measure(tw, seconds)
+    os.close(tw)
+    assert os.read(tr, 1) == b"r"
+    kids = [fork_piped(disturb) for _ in range(k)]
+    time.sleep(0.8)
+    spans = drive_phases(kids, phases)
+    data = b""
+    while chunk := os.read(tr, 1 << 20):
+        data += chunk
+    os.waitpid(pid, 0)
+    return eval(data.decode()), spans  # noqa: S307 - our own child's repr of numbers and dicts
+
+
 def main() -> None:
     pynvml.nvmlInit()
     h = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]))
