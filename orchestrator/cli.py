@@ -56,7 +56,9 @@ def _one_line(exc: BaseException) -> str:
         if text and text != "None" and "$VALUE" not in text and not any(text in p for p in parts):
             parts.append(text)
         exc = exc.__cause__ or exc.__context__
-    return " | ".join(parts)
+    from orchestrator.config import explain_unknown_key
+
+    return next(filter(None, map(explain_unknown_key, parts)), None) or " | ".join(parts)
 
 
 def run(app: Callable[[], None]) -> None:

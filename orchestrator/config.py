@@ -7,7 +7,8 @@ size) and raises ``ConfigError`` with one line naming the value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -28,6 +29,22 @@ RERUN = ("none", "failed", "changed", "all")
 
 class ConfigError(ValueError):
     """A bad config value: the message is one line that names it."""
+
+
+_UNKNOWN = re.compile(r"(?:(\S+): )?Key '(\w+)' not in '(\w+)'")
+
+
+def explain_unknown_key(text: str) -> str | None:
+    """'grid.seqlens: no such key; grid takes: backends, seq_lens, ...' where `text` says that a
+    section of the schema has no such key (Hydra's own hint, to append it with +, fails the
+    same way on a schema); None for any other text."""
+    m = _UNKNOWN.search(text)
+    schema = globals().get(m.group(3)) if m else None
+    if not is_dataclass(schema):
+        return None
+    full = m.group(1) or m.group(2)
+    section = full.rsplit(".", 1)[0] if "." in full else "the top level"
+    return f"{full}: no such key; {section} takes: {', '.join(f.name for f in fields(schema))}"
 
 
 @dataclass
@@ -162,7 +179,8 @@ def validate(cfg) -> None:
     try:  # keys added with `+` on the command line escape Hydra's own check
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{exc.full_key}: {str(exc).splitlines()[0]}") from None
+        msg = f"{exc.full_key}: {str(exc).splitlines()[0]}"
+        raise ConfigError(explain_unknown_key(msg) or msg) from None
     _grid(cfg.grid, names())
     if cfg.workload not in WORKLOADS:
         raise ConfigError(f"workload = {cfg.workload!r}: unknown; choose from {', '.join(WORKLOADS)}")

@@ -127,6 +127,9 @@ class Rounds:
                 self.planner.record(cell, self.runlog.record(cell, pre))
             else:
                 runnable.append(cell)
+        if len(runnable) < len(cells):
+            log.info("%d of them cannot run on these devices (a row each now, never scheduled); %d to measure",
+                     len(cells) - len(runnable), len(runnable))
         self.session.execute(runnable, self._on_row, len(cells) - len(runnable))
 
     def _skip_done(self, cells: list[Cell]) -> list[Cell]:

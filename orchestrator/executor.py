@@ -31,6 +31,7 @@ from ray.util.queue import Queue
 from orchestrator.cluster import ClusterError
 from orchestrator.grid import Cell
 from orchestrator.isolation import failure
+from orchestrator.progress import cell_label
 from orchestrator.rows import RETRYABLE, Status
 from orchestrator.workers import DeviceWorker, probe_task, run_task
 
@@ -206,8 +207,7 @@ class Executor:
     def _running(self, slot: Slot) -> None:
         if self.progress is not None and self.on_slot[slot.index]:
             c = self.on_slot[slot.index][0].cell
-            what = f"{c.backend} {c.dtype} b{c.batch_size} h{c.num_heads}x{c.head_dim} n{c.seq_len} {c.mode}"
-            self.progress.running(slot.name, what, self.cost(c))
+            self.progress.running(slot.name, cell_label(c.params()), self.cost(c))
 
     def _collect(self, ref) -> dict:
         f = self.inflight[ref]

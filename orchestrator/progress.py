@@ -53,9 +53,13 @@ def _secs(s: float) -> str:
 
 
 def cell_label(row: dict) -> str:
-    """A cell in a few words: 'flash float16 b8 h16x128 n4096' (use it for running()'s what)."""
-    return (f"{row['backend']} {row['dtype']} b{row['batch_size']} h{row['num_heads']}x{row['head_dim']} "
-            f"n{row['seq_len']}")
+    """A cell in a few words: 'flash float16 b8 h16x128 n4096', then 'fwd_bwd' and 'non-causal'
+    where it is not the usual forward, causal call (use it for running()'s what too)."""
+    label = (f"{row['backend']} {row['dtype']} b{row['batch_size']} h{row['num_heads']}x{row['head_dim']} "
+             f"n{row['seq_len']}")
+    if row.get("mode", "fwd") != "fwd":
+        label += f" {row['mode']}"
+    return label if row.get("causal", True) else label + " non-causal"
 
 
 def first_line(text, n: int = 160) -> str:

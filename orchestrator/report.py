@@ -90,6 +90,14 @@ def _values(col: str, want) -> list:
     return [v if isinstance(v, bool) else str(v) for v in values]
 
 
+def _sorted(values) -> list:
+    """In their own order (64 before 128), or as text where they cannot be compared."""
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
 def select(df: pd.DataFrame, filters: dict) -> pd.DataFrame:
     """Rows whose columns hold the given values (one value or a list; None: any)."""
     for col, want in filters.items():
@@ -98,7 +106,7 @@ def select(df: pd.DataFrame, filters: dict) -> pd.DataFrame:
         values = _values(col, want)
         hit = df[col].isin(values)
         if not hit.any():
-            have = ", ".join(sorted(map(str, df[col].dropna().unique()))) or "nothing"
+            have = ", ".join(map(str, _sorted(df[col].dropna().unique()))) or "nothing"
             raise ReportError(f"no rows with {col} in {values}; the selected rows have {col}: {have}")
         df = df[hit]
     return df

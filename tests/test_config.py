@@ -53,8 +53,8 @@ BAD_VALUES = [  # (overrides, words the one-line message must contain)
     (["measure.duty=0"], "measure.duty = 0"),
     (["measure.duty=1.5"], "measure.duty = 1.5"),
     (["+sweep=full", "run.max_cells=100"], "480 cells, over run.max_cells = 100"),
-    (["+grid.unknown_axis=[1]"], "grid.unknown_axis: Key 'unknown_axis' not in 'GridConfig'"),
-    (["+colour=blue"], "colour: Key 'colour' not in 'Config'"),
+    (["+grid.unknown_axis=[1]"], "grid.unknown_axis: no such key; grid takes: backends, seq_lens"),
+    (["+colour=blue"], "colour: no such key; the top level takes: sweep_name"),
 ]
 
 
@@ -101,7 +101,7 @@ def test_cli_stops_before_any_work(tmp_path: Path, args, words):
 
 @pytest.mark.parametrize("args,words", [
     (["grid.seq_lens=[128,abc]"], "grid.seq_lens[1]"),  # a wrong type
-    (["grid.unknown_axis=[1]"], "grid.unknown_axis"),  # an unknown key
+    (["grid.unknown_axis=[1]"], "grid.unknown_axis: no such key; grid takes: backends, seq_lens"),  # an unknown key
     (["+sweep=nonexistent"], "sweep/nonexistent"),  # a missing config group option
     (["grid.seq_lens=[128"], "[128"),  # an override that does not parse
     (["+sweep=broken"], "broken.yaml"),  # a YAML syntax error, in a config file of the search path

@@ -11,7 +11,8 @@ import pytest
 from rich.console import Console
 
 from orchestrator import progress
-from orchestrator.progress import ConsoleHandler, Progress, fmt_s
+from orchestrator.progress import ConsoleHandler, Progress, cell_label, fmt_s
+from orchestrator.summary import Summary
 
 
 def row(status: str, median_ms=None, error=None, backend="flash", seq_len=1024) -> dict:
@@ -218,3 +219,17 @@ def test_console_handler_prints_to_stdout_without_a_live_view(console_handler, c
     logging.getLogger("orchestrator.driver").info("hidden?", extra={"live_hidden": True})  # no view: shown
     assert capsys.readouterr().out == "starting Ray\nhidden?\n"
     assert progress._active is None
+
+
+def test_a_cell_label_tells_modes_and_causality_apart():
+    base = row("ok", 1.0)
+    assert cell_label(base) == cell_label(base | {"mode": "fwd", "causal": True}) == "flash float16 b1 h8x64 n1024"
+    assert cell_label(base | {"mode": "fwd_bwd"}) == "flash float16 b1 h8x64 n1024 fwd_bwd"
+    assert cell_label(base | {"causal": False}) == "flash float16 b1 h8x64 n1024 non-causal"
+
+
+def test_the_closing_line_gives_a_short_sweep_in_seconds():
+    s = Summary("r", statuses={"ok": 2}, devices=1, wall_s=7.84, start_s=4.4)
+    assert "7.8 s on 1 device(s) after a 4.4 s start" in s.line()
+    s.wall_s = 3725.9
+    assert "1:02:05 on 1 device(s)" in s.line()

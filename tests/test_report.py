@@ -392,6 +392,8 @@ def test_filter_refusals_and_column_filters(tmp_path):
         report.from_config(report_cfg(path, "+timing_method=cuda_graph"), tmp_path / "b")
     with pytest.raises(report.ReportError, match="sweep_name in \\['seed'\\]; the selected rows have sweep_name: full"):
         report.from_config(report_cfg(path, "+sweep=seed"), tmp_path / "c")
+    with pytest.raises(report.ReportError, match="the selected rows have seq_len: 128, 256, 512, 1024, 2048"):
+        report.from_config(report_cfg(path, "seq_len=999"), tmp_path / "e")  # in their order, not as text
     res = report.from_config(report_cfg(path, "+sweep=full", "+host=vm", "dtype=float16", "batch_size=32",
                                         "head_dim=64", "report.plots=false"), tmp_path / "d")
     assert len(res["frame"]) == 40 and set(res["frame"]["host"]) == {"vm"}

@@ -1,5 +1,7 @@
 """A smoke sweep end to end on a real local Ray cluster into a real parquet dataset."""
 
+import re
+
 import pandas as pd
 import pytest
 from conftest import each_row_once, ensure_ray, make_cfg, run_cli
@@ -71,11 +73,15 @@ def test_multirun_lands_every_job_in_one_dataset(tmp_path):
 
 @pytest.mark.slow
 def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
-    quiet = run_cli("+sweep=smoke", "grid.backends=[math]", f"store.path={tmp_path / 'r'}",
-                    f"hydra.run.dir={tmp_path / 'run'}")
+    quiet = run_cli("+sweep=smoke", "grid.backends=[math,cudnn]", "grid.modes=[fwd,fwd_bwd]",
+                    f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     said = quiet.stdout + quiet.stderr
     assert quiet.stdout.splitlines()[0] == "cluster: starting a private Ray cluster on this machine"
+    # the progress counts what runs, after a line that says what cannot (cuDNN on a CPU), and tells modes apart
+    assert "8 cells, 8 to run" in said and "4 of them cannot run on these devices" in said and "4 to measure" in said
+    assert "[4/4] ok" in said and " n64 fwd_bwd on CPU 0: " in said and " n64 on CPU 0: " in said
+    assert re.search(r"8 cells run \(4 ok, 4 unsupported\), 0 already done; \d+\.\d s on 1 device", said), said
     assert "Started a local Ray instance" not in said and "Token authentication" not in said
     assert "worker.py" not in said and "(raylet)" not in said
     assert "Started a local Ray instance" in (tmp_path / "run" / "sweep.log").read_text()  # kept, in the run folder
