@@ -65,7 +65,8 @@ class DeviceWorker:
                                                    "cuda_visible_devices": self.where["visible_devices"]}
 
     def close(self) -> None:
-        """The waiting cell processes go, and a fork server of our own with its socket."""
+        """The waiting cell processes go, and a fork server of our own with its socket (once this
+        actor is killed, Ray kills its child processes with SIGKILL: no clean-up of their own)."""
         self.runner.close()
         if self.server is not None:
             forkserver.stop(*self.server)

@@ -226,3 +226,29 @@ def test_cell_processes_run_at_normal_priority():
     plain, fixed = nice("plain")
     assert plain > me  # Ray lowered it
     assert fixed == (me if os.geteuid() == 0 else plain)  # raised again where permitted, else Ray's kept
+
+
+@pytest.mark.slow
+def test_a_device_worker_on_another_host_stops_its_own_fork_server():
+    """A device actor on a host without the driver's fork server starts one of its own (here:
+    the driver's socket does not exist on this host). Closing the pool stops that server with
+    its waiting cell process and removes its socket: nothing is left on the node."""
+    import psutil
+    import ray
+    from conftest import ensure_ray
+    from test_isolation import spec
+
+    from orchestrator.executor import PoolLauncher, Slot
+    from orchestrator.workers import DeviceWorker
+
+    ensure_ray(0)
+    worker = DeviceWorker.options(num_cpus=0).remote("/nonexistent/attn-fork/s", "cpu", ["float32"], 1, 120.0)
+    assert ray.get(worker.run.remote(spec("math"), 60.0))["status"] == "ok"  # the next cell's process waits
+    actor = psutil.Process(ray.get(worker.__ray_call__.remote(lambda self: os.getpid())))
+    server = next(p for p in actor.children() if "orchestrator.forkserver" in p.cmdline())
+    address = server.cmdline()[server.cmdline().index("orchestrator.forkserver") + 1]
+    waiting = server.children()
+    assert os.path.exists(address) and waiting
+    PoolLauncher(None, None).close([Slot("cpu", {}, 0, handle=worker)])
+    _, alive = psutil.wait_procs([server, *waiting], timeout=10)
+    assert not alive and not os.path.exists(os.path.dirname(address))
