@@ -34,6 +34,7 @@ KINDS = {
     "prewarm3": ["run.prewarm=3"],
     "backtoback": ["measure.duty=1"],  # timed calls unpaced, as before measure.duty
     "task": ["run.isolation=task"],
+    "reuse": ["run.cells_per_process=0"],  # one process per device, cell after cell
 }
 KEY = ["backend", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]
 

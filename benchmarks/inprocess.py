@@ -3,6 +3,7 @@
     python benchmarks/inprocess.py                  # a GPU machine: the 120 bf16 head-128 cells of +sweep=full
     python benchmarks/inprocess.py --gpus 1,2       # the sweep on 1 GPU and on 2 (cluster.num_gpus)
     python benchmarks/inprocess.py --cells cpu      # a machine without a GPU: 24 small CPU cells
+    python benchmarks/inprocess.py --gpus 1,2 --cells-per-process 1,0   # also one process per device
 
 Each contender is a command of its own, timed from its process start to its exit:
 
@@ -12,7 +13,9 @@ Each contender is a command of its own, timed from its process start to its exit
    the clock on the CPU), OOM caught and the cache emptied between cells;
 2. the same loop timing each cell with this project's timing function (``tasks/timing.py``:
    CUDA-graph replays, L2 flushed) in one process: what isolation costs in numbers;
-3. ``python -m orchestrator`` on those cells, once per GPU count, report included.
+3. ``python -m orchestrator`` on those cells, once per GPU count (and per
+   ``run.cells_per_process`` asked for: 1, the default, a fresh process per cell; 0, one
+   process per device that measures cell after cell), report included.
 
 Prints the medians side by side, the parts of a sweep cell's time, and last, per GPU count,
 ``sweep vs in-process: X s vs Y s, ratio X/Y = R; N/M medians within 2%``.
@@ -126,14 +129,14 @@ def timed(cmd: list[str], log: Path) -> float:
     return wall
 
 
-def sweep(cells: str, gpus: int | None, tmp: Path) -> dict:
+def sweep(cells: str, gpus: int | None, per_process: int, tmp: Path) -> dict:
     import pandas as pd
 
     from orchestrator.store import Store
 
-    tag = f"g{gpus}" if gpus else "cpu"
+    tag = (f"g{gpus}" if gpus else "cpu") + (f"-p{per_process}" if per_process != 1 else "")
     store, run = tmp / f"store-{tag}", tmp / f"run-{tag}"
-    extra = [f"cluster.num_gpus={gpus}"] if gpus else []
+    extra = ([f"cluster.num_gpus={gpus}"] if gpus else []) + [f"run.cells_per_process={per_process}"]
     wall = timed([sys.executable, "-m", "orchestrator", *CELLS[cells], *extra, f"store.path={store}",
                   f"hydra.run.dir={run}", "run.progress=false"], tmp / f"sweep-{tag}.log")
     df = pd.read_parquet(store)
@@ -185,6 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", default=None, choices=sorted(CELLS), help="full (GPU; default there) or cpu")
     ap.add_argument("--gpus", default="1", help="GPU counts for the sweep, e.g. 1,2")
+    ap.add_argument("--cells-per-process", default="1", help="run.cells_per_process values for the sweep, e.g. 1,0")
     ap.add_argument("--loop", choices=["dobench", "graph"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--keep", help="keep datasets and logs in this folder")
@@ -207,12 +211,16 @@ def main() -> None:
         print(f"{kind} loop: {walls[kind]:.1f} s whole command ({loops[kind]['loop_s']:.1f} s looping, "
               f"{loops[kind]['timer']})", flush=True)
     sweeps = []
-    for g in ([int(x) for x in args.gpus.split(",")] if gpu else [None]):
-        s = sweep(cells, g, tmp)
-        sweeps.append(s)
-        print(f"sweep {s['tag']}: {s['wall']:.1f} s whole command; start {s['summary']['start_s']:.1f} s, first "
-              f"dispatch to last row {s['summary']['wall_s']:.1f} s on {s['summary']['devices']} device(s)",
-              flush=True)
+    for per in [int(x) for x in args.cells_per_process.split(",")]:
+        for g in ([int(x) for x in args.gpus.split(",")] if gpu else [None]):
+            s = sweep(cells, g, per, tmp)
+            s["per"] = per
+            sweeps.append(s)
+            sm = s["summary"]
+            rest = s["wall"] - sm["start_s"] - sm["wall_s"]
+            print(f"sweep {s['tag']}: {s['wall']:.1f} s whole command; start {sm['start_s']:.1f} s, first dispatch "
+                  f"to last row {sm['wall_s']:.1f} s on {sm['devices']} device(s), the rest {rest:.1f} s "
+                  "(interpreter, imports, config, compaction, report, Ray's shutdown)", flush=True)
     rows, agree = medians_table(loops["dobench"]["cells"], loops["graph"]["cells"], sweeps)
     pd.set_option("display.width", 250, "display.max_rows", 500)
     print(f"\ndevice: {loops['dobench']['device']}; cells: {cells} ({len(rows)}); medians in ms")
@@ -227,10 +235,12 @@ def main() -> None:
         n, m, med_g, max_g, n3, m3 = agree[s["tag"]]
         print(f"{s['tag']}: against the graph-timed loop: |diff| median {med_g * 100:.2f}%, max {max_g * 100:.2f}%, "
               f"{n3}/{m3} within 3%")
-    if len(sweeps) > 1:
-        a, b = sweeps[0]["summary"]["wall_s"], sweeps[-1]["summary"]["wall_s"]
-        print(f"sweep itself (first dispatch to last row): {sweeps[0]['tag']} {a:.1f} s, {sweeps[-1]['tag']} "
-              f"{b:.1f} s: {a / b:.2f}x")
+    for per in dict.fromkeys(s["per"] for s in sweeps):
+        same = [s for s in sweeps if s["per"] == per]
+        if len(same) > 1:
+            a, b = same[0]["summary"]["wall_s"], same[-1]["summary"]["wall_s"]
+            print(f"sweep itself (first dispatch to last row): {same[0]['tag']} {a:.1f} s, {same[-1]['tag']} "
+                  f"{b:.1f} s: {a / b:.2f}x")
     for s in sweeps:
         n, m = agree[s["tag"]][:2]
         print(f"sweep vs in-process ({s['tag']}): {s['wall']:.1f} s vs {base_wall:.1f} s, ratio X/Y = "

@@ -98,6 +98,9 @@ class RunConfig:
     cpus_per_gpu_cell: float = 0.01
     cpu_threads: int | None = None  # torch threads of a CPU cell; null: the machine's cores / cpu_workers
     prewarm: int = 2  # pool mode on a GPU: cell processes started ahead (CUDA context) while one measures
+    cells_per_process: int = 1  # pool mode: cells one process measures in turn (0: no limit); 1: a fresh process
+    #                             and CUDA context per cell. More is faster, but a cell sees what earlier ones
+    #                             left in the process; a process is replaced after a cell that fails
     progress: bool = True
 
 
@@ -223,7 +226,10 @@ def _run(r) -> None:
     for key in ("cell_timeout_s", "start_timeout_s", "cpu_workers", "max_cells"):
         if getattr(r, key) <= 0:
             raise ConfigError(f"run.{key} = {getattr(r, key)}: must be positive")
-    for key in ("retries", "prewarm"):
+    if r.cells_per_process != 1 and r.isolation != "pool":
+        raise ConfigError(f"run.cells_per_process = {r.cells_per_process}: only pool isolation runs several cells in "
+                          "one process; a Ray task (run.isolation=task) measures one")
+    for key in ("retries", "prewarm", "cells_per_process"):
         if getattr(r, key) < 0:
             raise ConfigError(f"run.{key} = {getattr(r, key)}: must be 0 or more")
     for i, status in enumerate(r.fail_on):

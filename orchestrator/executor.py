@@ -68,7 +68,7 @@ class PoolLauncher:
     def _actor(self, slot: Slot):
         r, device = self.cfg.run, "cpu" if slot.target == "cpu" or self.cfg.run.device == "cpu" else "cuda"
         return DeviceWorker.options(**slot.options).remote(self.address, device, list(self.cfg.grid.dtypes),
-                                                           r.prewarm, r.start_timeout_s)
+                                                           r.prewarm, r.start_timeout_s, r.cells_per_process)
 
     def start(self, slots: list[Slot]) -> None:
         for s in slots:

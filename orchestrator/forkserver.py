@@ -19,6 +19,7 @@ No Ray here.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import pickle
@@ -118,6 +119,9 @@ def _serve(listener: socket.socket, preload: list[str]) -> None:
     listener.listen(64)  # clients may connect while the imports below run
     for module in preload:
         importlib.import_module(module)
+    # what the imports made is never garbage: the collector leaves it alone, in here and in every child
+    # (a full collection then takes microseconds, not 0.1 s, and does not touch the pages children share)
+    gc.freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)

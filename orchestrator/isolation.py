@@ -77,7 +77,7 @@ def _serve(conn) -> None:
     from tasks import cell as cellrun
 
     state = {"cell": None, "go": None}
-    device, env = None, None
+    device, env, cells = None, None, 0
     while True:
         msg = conn.recv()  # EOFError: the runner closed, never given a cell
         kind = msg[0]
@@ -90,24 +90,38 @@ def _serve(conn) -> None:
                 conn.send(("start_failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
                 os._exit(0)
             conn.send(("started", env))
-        elif kind == "probe":  # the device's ceilings, then leave
+        elif kind == "probe":  # ("probe", dtypes, stay): the device's ceilings, then leave or take the first cell
             from tasks import ceilings
 
             conn.send(("probed", {"env": env, "ceilings": ceilings.measure(msg[1], device)}))
-            os._exit(0)
+            if not msg[2]:
+                os._exit(0)
+            cellrun.release(None, clear=True)
         elif kind in ("cell", "go"):  # ("go", {"after_pid": the previous cell's process})
             state[kind] = msg[1]
         if device is not None and state["cell"] is not None and state["go"] is not None:
             out = cellrun.Outcome()
-            out.cols |= env
+            out.cols |= env | {"process_cell": cells + 1}
             conn.send(("ready", time.time()))
             prepared = None
             with out:
                 prepared = cellrun.Prepared(state["cell"], device)
-            _measure(conn, cellrun, out, prepared, env, state["cell"], device, state["go"])
+            if not _measure(conn, cellrun, out, prepared, env, state["cell"], device, state["go"]):
+                os._exit(0)  # no interpreter teardown; the next cell waits until this process is gone
+            # run.cells_per_process: this process takes the next cell; its start cost that cell nothing
+            cells += 1
+            state = {"cell": None, "go": None}
+            env = env | {"startup_s": 0.0, "startup_wait_s": 0.0 if env.get("startup_wait_s") is not None else None}
 
 
-def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> None:
+def stays(status: str) -> bool:
+    """Whether a cell process may measure another cell after one that ended so (run.cells_per_process):
+    only after a cell that ran cleanly or that PyTorch refused before launching anything."""
+    return status in (Status.OK.value, Status.UNSUPPORTED.value)
+
+
+def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
+    """Prepare's outcome measured and sent; True when this process stays for another cell."""
     from tasks.device import HAS_NVML, Nvml, nvml_handle, wait_gone, wait_released
 
     t_go = time.perf_counter()
@@ -129,9 +143,10 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> None:
 
             out.cols |= cellrun.measure(prepared, nvml, before_memory=previous_gone)
             out.cols["status"] = Status.OK.value
-    cellrun.release(prepared)  # the device's memory back before the next cell prepares
+    stay = bool(go.get("stay")) and stays(out.cols["status"])
+    cellrun.release(prepared, clear=stay)  # the device's memory back before the next cell prepares
     conn.send(("result", out.done(t_go)))
-    os._exit(0)  # no interpreter teardown; the next cell waits until this process is gone
+    return stay
 
 
 # ----------------------------------------------------------------------------- in the actor
@@ -148,6 +163,8 @@ class Child:
         self.conn = Connection(ours.detach())
         self.lock = threading.Lock()
         self.started = False
+        self.cells = 0  # cells it has measured (more than one with run.cells_per_process)
+        self.stays = False  # told to take another cell after the current one
 
     def send(self, *msg) -> None:
         with self.lock, contextlib.suppress(OSError):
@@ -199,13 +216,18 @@ class ForkRunner:
     takes the next cells while one measures, so they can start and prepare)."""
 
     def __init__(self, address: str, device: str = "cpu", visible: str | None = None, dtypes=(),
-                 prewarm: int = 2, start_timeout_s: float = 180.0):
+                 prewarm: int = 2, start_timeout_s: float = 180.0, cells_per_process: int = 1):
+        """cells_per_process: how many cells one process measures (0: no limit); above 1 a process
+        that measured a cell cleanly takes the next one, and none is started ahead."""
         self.server = forkserver.Client(address)
         self.device, self.visible, self.dtypes = device, visible, list(dtypes)
-        self.prewarm = prewarm if device == "cuda" else min(prewarm, 1)
+        self.per_process = cells_per_process
+        self.reuse = cells_per_process != 1
+        self.prewarm = 0 if self.reuse else prewarm if device == "cuda" else min(prewarm, 1)
         self.start_timeout_s = start_timeout_s
         self.lock = threading.Lock()
         self.waiting: collections.deque[Child] = collections.deque()
+        self.kept: Child | None = None  # run.cells_per_process: the process that takes the next cell
         self.last: Turn | None = None
 
     def _fork(self, start: bool) -> Child:
@@ -225,17 +247,24 @@ class ForkRunner:
         try:
             deadline = time.monotonic() + self.start_timeout_s
             self._until(child, {"started"}, deadline)
-            child.send("probe", self.dtypes)
-            return self._until(child, {"probed"}, deadline)[1]
+            child.send("probe", self.dtypes, self.reuse)
+            info = self._until(child, {"probed"}, deadline)[1]
+            if self.reuse:  # it takes the first cell: one process start fewer
+                self.kept, child = child, None
+            return info
         except StartFailed as exc:
             return {"error": str(exc)}
         except (Overrun, EOFError, OSError) as exc:
             return {"error": f"the device's first process did not start ({type(exc).__name__})"}
         finally:
-            child.close()
+            if child is not None:
+                child.close()
 
     def _take(self) -> Turn:
         with self.lock:
+            if self.reuse:  # its process is known once the previous cell is done
+                turn = self.last = Turn(None, self.last)
+                return turn
             child = self.waiting.popleft() if self.waiting else self._fork(start=self.prewarm > 0)
             if not self.waiting:  # all of the next ones at once: their starts overlap one another
                 self.waiting.extend(self._fork(start=True) for _ in range(self.prewarm))
@@ -246,13 +275,30 @@ class ForkRunner:
         """Measure one cell in a fresh child; returns its result (never raises for the cell's faults)."""
         started = time.time()
         turn = self._take()
+        result = None
         try:
+            if turn.child is None:
+                turn.wait_prev()
+                turn.child = self._reused() or self._fork(start=True)
             result = self._run(turn, spec, timeout_s, started)
         finally:
+            child = turn.child
+            if child is not None and child.stays and result is not None and stays(result["status"]):
+                self.kept = child  # before the next cell's turn comes
+            elif child is not None:
+                with contextlib.suppress(OSError):
+                    child.conn.close()
             turn.release()
-            with contextlib.suppress(OSError):
-                turn.child.conn.close()
         return result
+
+    def _reused(self) -> Child | None:
+        """The process the previous cell left for this one, if it is still there and silent."""
+        with self.lock:
+            child, self.kept = self.kept, None
+        if child is not None and child.conn.poll(0):  # it said something unasked, or went away
+            child.close()
+            return None
+        return child
 
     def _run(self, turn: Turn, spec: dict, timeout_s: float, started: float) -> dict:
         try:
@@ -273,7 +319,11 @@ class ForkRunner:
         turn.wait_prev()  # the previous cell has measured, freed its memory and returned its result
         if not child.started:  # no prewarm: the process starts its device only now
             self._start(child)
-        child.send("go", {"after_pid": turn.prev.child.pid if turn.prev is not None else None})
+        prev = turn.prev.child if turn.prev is not None else None
+        child.stays = self.reuse and (self.per_process == 0 or child.cells + 1 < self.per_process)
+        child.send("go", {"after_pid": prev.pid if prev is not None and prev is not child else None,
+                          "stay": child.stays})
+        child.cells += 1
         t_turn = time.monotonic()
         try:
             self._until(child, {"ready"}, t_turn + self.start_timeout_s)
@@ -308,4 +358,7 @@ class ForkRunner:
         with self.lock:
             while self.waiting:
                 self.waiting.popleft().close()
+            if self.kept is not None:
+                self.kept.close()
+                self.kept = None
         self.server.close()

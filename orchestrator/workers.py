@@ -44,16 +44,19 @@ def where() -> dict:
 
 @ray.remote(max_concurrency=8)
 class DeviceWorker:
-    """Owns one device for the whole sweep; runs each cell in a fresh forked child."""
+    """Owns one device for the whole sweep; runs each cell in a fresh forked child (or, with
+    run.cells_per_process, in the child that measured the previous cell cleanly)."""
 
-    def __init__(self, address: str | None, device: str, dtypes: list[str], prewarm: int, start_timeout_s: float):
+    def __init__(self, address: str | None, device: str, dtypes: list[str], prewarm: int, start_timeout_s: float,
+                 cells_per_process: int = 1):
         normal_priority()
         self.server = None
         if not address or not os.path.exists(address):  # another host: a fork server of our own
             self.server = forkserver.start()
             address = self.server[0]
         self.where = where()
-        self.runner = ForkRunner(address, device, self.where["visible_devices"], dtypes, prewarm, start_timeout_s)
+        self.runner = ForkRunner(address, device, self.where["visible_devices"], dtypes, prewarm, start_timeout_s,
+                                 cells_per_process)
 
     def probe(self) -> dict:
         t0 = time.perf_counter()

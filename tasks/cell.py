@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -184,11 +186,22 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     }
 
 
-def release(prepared: Prepared | None) -> None:
-    """Unpin and free a cell's device memory (its process keeps running a little longer)."""
+def release(prepared: Prepared | None, clear: bool = False) -> None:
+    """Unpin and free a cell's device memory (its process keeps running a little longer).
+
+    ``clear``: this process measures another cell next (``run.cells_per_process``): also what a
+    cell leaves that the next one's figures would carry, torch.compile's caches (the next cell
+    compiles afresh, as in a new process) and cuBLAS's workspaces (one per stream used, kept until
+    cleared: NVML's process figure would count them)."""
     if prepared is not None:
         prepared.close()
         prepared.work = None
+    if clear:
+        gc.collect()  # outputs held in reference cycles (autograd graphs of fwd_bwd) go now
+        if "torch._dynamo" in sys.modules:
+            torch._dynamo.reset()
+        if torch.cuda.is_initialized() and hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
+            torch._C._cuda_clearCublasWorkspaces()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
@@ -230,7 +243,7 @@ def run_cell(spec: dict, on_ready: Callable = lambda: None) -> dict:
     out, t_go, prepared = Outcome(), None, None
     with out:
         device, env = start_device(spec["device"], [spec["dtype"]])
-        out.cols |= env
+        out.cols |= env | {"process_cell": 1}
         on_ready()
         t_go = time.perf_counter()
         prepared = Prepared(spec, device)

@@ -48,6 +48,8 @@ BAD_VALUES = [  # (overrides, words the one-line message must contain)
     (["run.rerun=some"], "run.rerun = 'some'"),
     (["run.cell_timeout_s=0"], "run.cell_timeout_s = 0"),
     (["run.retries=-1"], "run.retries = -1"),
+    (["run.cells_per_process=-1"], "run.cells_per_process = -1"),
+    (["run.cells_per_process=0", "run.isolation=task"], "run.cells_per_process = 0: only pool isolation"),
     (["run.device=tpu"], "run.device = 'tpu'"),
     (["measure.min_iters=50", "measure.max_iters=10"], "measure.min_iters = 50"),
     (["measure.duty=0"], "measure.duty = 0"),

@@ -192,3 +192,24 @@ def test_a_gpu_sweep_pipelines_cells_and_keeps_their_memory_apart(tmp_path):
         assert r.nvml_used_before_bytes <= others[r.gpu_uuid] + r.nvml_process_peak_bytes + (256 << 20), r.backend
     assert (df.pct_of_compute_ceiling > 0).all() and df.ceiling_tflops.notna().all()
     assert (df.startup_s > 0).all() and df.spawn_s.median() < 0.1  # started ahead, not on the critical path
+
+
+def test_one_process_for_many_gpu_cells_carries_nothing_of_the_previous_cell(tmp_path):
+    """run.cells_per_process=0: a GPU's cells run one after another in one process (the larger ones
+    first); a small cell measured after a large one has none of its memory in NVML's process figure."""
+    import pandas as pd
+    from conftest import ensure_ray, make_cfg
+
+    from orchestrator.driver import run
+
+    ensure_ray(torch.cuda.device_count())
+    s = run(make_cfg("+sweep=seed", "grid.backends=[math,flash]", "grid.seq_lens=[256,4096]", "grid.batch_sizes=[4]",
+                     "run.cells_per_process=0", store=tmp_path / "r"))
+    df = pd.read_parquet(tmp_path / "r")
+    assert s.statuses == {"ok": 4} and (df.timing_method == "cuda_graph").all()
+    assert (df.groupby("gpu_uuid").pid.nunique() == 1).all() and df.process_cell.max() >= 2
+    assert (df[df.process_cell > 1].startup_s == 0).all()
+    big = df.peak_reserved_bytes.max()
+    for _, r in df.iterrows():  # this cell's memory, the context and the loaded kernels; nothing of the cell before
+        assert r.nvml_process_peak_bytes <= r.peak_reserved_bytes + r.nvml_context_bytes + (512 << 20), r.backend
+        assert r.peak_reserved_bytes == big or r.nvml_process_peak_bytes < big, r.backend

@@ -197,3 +197,43 @@ def test_deadline_counts_the_cell_not_its_wait(server):
     assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["error"]
     assert hung["status"] == "timeout" and "deadline of 1 s" in hung["error"] and gone(hung["pid"])
     assert again["status"] == "ok"
+
+
+def test_cells_per_process_keeps_a_process_until_its_limit_or_a_failure(fork_server):
+    """run.cells_per_process: a process that measured a cell cleanly takes the next one, up to the
+    limit; a cell that fails (an error, a crash) is its process's last, and the next cell gets a
+    fresh one. The probe's process takes the first cell; nothing is left once the runner closes."""
+    server, server_pid = fork_server[0], fork_server[1].pid
+    runner = ForkRunner(server, "cpu", cells_per_process=3)
+    backends = ["math", "flash", "eager", "math", "fault_raise", "math", "fault_segfault", "math", "flash"]
+    try:
+        assert "ceilings" in runner.probe()
+        assert len(psutil.Process(server_pid).children()) == 1  # the probe's process stayed for the first cell
+        rows = [runner.run(spec(b), 60) for b in backends]
+    finally:
+        runner.close()
+    statuses = ["ok"] * 4 + ["error", "ok", "crashed", "ok", "ok"]
+    assert [r["status"] for r in rows] == statuses, [r["error"] for r in rows]
+    assert [r.get("process_cell") for r in rows] == [1, 2, 3, 1, 2, 1, None, 1, 2]
+    pids = [r["pid"] for r in rows]
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] != pids[5] == pids[6] != pids[7] == pids[8]
+    assert rows[1]["startup_s"] == 0.0 and rows[0]["startup_s"] > 0  # only a process's first cell paid its start
+    assert all(gone(p) for p in set(pids)) and not psutil.Process(server_pid).children()
+
+
+def test_cells_per_process_zero_is_one_process_for_every_cell_in_call_order(server):
+    """With no limit, cells handed over at once (as the actor does) all run in one process, one after
+    another: each begins after the previous one's result."""
+    runner = ForkRunner(server, "cpu", cells_per_process=0)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            rows = [f.result() for f in [pool.submit(runner.run, spec(b), 60) for b in ["math", "flash", "eager"] * 2]]
+    finally:
+        runner.close()
+    assert [r["status"] for r in rows] == ["ok"] * 6 and len({r["pid"] for r in rows}) == 1
+    assert sorted(r["process_cell"] for r in rows) == [1, 2, 3, 4, 5, 6]
+    rows.sort(key=lambda r: r["process_cell"])
+    for before, after in zip(rows, rows[1:], strict=False):
+        go = after["ended_at"] - timedelta(seconds=after["measure_s"])
+        assert go >= before["ended_at"] - timedelta(milliseconds=1)
+    assert gone(rows[0]["pid"])
