@@ -243,12 +243,14 @@ class ForkRunner:
     def probe(self) -> dict:
         """Start this device in a child and measure its ceilings: {"env", "ceilings"}, or
         {"error": why} when the device cannot start (no CUDA, a broken driver)."""
-        child = self._fork(start=True)
+        t0 = time.perf_counter()
+        child = self._fork(start=True)  # returns once the fork server has its imports (torch) done
+        forked = time.perf_counter() - t0
         try:
             deadline = time.monotonic() + self.start_timeout_s
             self._until(child, {"started"}, deadline)
             child.send("probe", self.dtypes, self.reuse)
-            info = self._until(child, {"probed"}, deadline)[1]
+            info = self._until(child, {"probed"}, deadline)[1] | {"fork_wait_s": forked}
             if self.reuse:  # it takes the first cell: one process start fewer
                 self.kept, child = child, None
             return info

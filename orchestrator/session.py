@@ -33,6 +33,19 @@ PLATFORM = ("device_type", "device_name", "compute_capability", "device_total_by
 HEARTBEAT_S = 5.0
 
 
+def start_parts(infos: list[dict], asked: float) -> str:
+    """Where the device workers' start went, the slowest of each part (pool mode says more)."""
+    def most(key: str) -> float:
+        return max((i.get(key) or 0.0) for i in infos)
+
+    device = most("probe_s") - most("fork_wait_s")
+    if not any("up_at" in i for i in infos):
+        return f"device start and ceilings: up to {device:.1f} s"
+    up = max(0.0, most("up_at") - asked)
+    return (f"their processes up after {up:.1f} s; then, at most, {most('fork_wait_s'):.1f} s waiting for the fork "
+            f"server's imports and {device:.1f} s of device start and ceilings")
+
+
 class Session:
     def __init__(self, cfg, store, summary, fork=None):
         """fork: (address, process) of a fork server the driver started for this machine's devices."""
@@ -165,7 +178,7 @@ class Session:
         self.cpu_threads = r.cpu_threads or max(1, int(self.resources.cpus // max(1, len(self.slots))))
         fork = self.fork[0] if self.fork else None
         self.launcher = PoolLauncher(self.cfg, fork) if self.pool else TaskLauncher(self.cfg)
-        t0 = time.perf_counter()
+        t0, asked = time.perf_counter(), time.time()
         self.launcher.start(self.slots)
         bad = [s for s in self.slots if s.info.get("error")]
         if bad:
@@ -174,9 +187,8 @@ class Session:
         self.summary.devices = len(self.slots)
         self.summary.device_name = next((s.info.get("env", {}).get("device_name") for s in self.slots), None)
         self.summary.start_s = time.perf_counter() - self.t0
-        probe = max((s.info.get("probe_s") or 0.0) for s in self.slots)
-        log.info("%d device worker(s) ready in %.1f s (device start and ceilings: up to %.1f s); %.1f s since the "
-                 "start", len(self.slots), time.perf_counter() - t0, probe, self.summary.start_s)
+        log.info("%d device worker(s) ready in %.1f s (%s); %.1f s since the start", len(self.slots),
+                 time.perf_counter() - t0, start_parts([s.info for s in self.slots], asked), self.summary.start_s)
 
     def platform(self, target: str) -> dict:
         """The device fields a row of this target gets when its cell never ran (pre-check rows)."""

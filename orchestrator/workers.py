@@ -49,6 +49,7 @@ class DeviceWorker:
 
     def __init__(self, address: str | None, device: str, dtypes: list[str], prewarm: int, start_timeout_s: float,
                  cells_per_process: int = 1):
+        self.up_at = time.time()  # the driver's start line says how long the actor's process took to come up
         normal_priority()
         self.server = None
         if not address or not os.path.exists(address):  # another host: a fork server of our own
@@ -61,7 +62,7 @@ class DeviceWorker:
     def probe(self) -> dict:
         t0 = time.perf_counter()
         info = self.runner.probe()
-        return info | self.where | {"probe_s": time.perf_counter() - t0}
+        return info | self.where | {"probe_s": time.perf_counter() - t0, "up_at": self.up_at}
 
     def run(self, spec: dict, timeout_s: float) -> dict:
         return self.runner.run(spec, timeout_s) | {"node_id": self.where["node_id"],

@@ -25,7 +25,6 @@ import functools
 import gc
 import importlib
 import os
-import sys
 import time
 import traceback
 import warnings
@@ -190,15 +189,16 @@ def release(prepared: Prepared | None, clear: bool = False) -> None:
     """Unpin and free a cell's device memory (its process keeps running a little longer).
 
     ``clear``: this process measures another cell next (``run.cells_per_process``): also what a
-    cell leaves that the next one's figures would carry, torch.compile's caches (the next cell
-    compiles afresh, as in a new process) and cuBLAS's workspaces (one per stream used, kept until
+    cell leaves that the next one's figures would carry, torch.compile's caches after a compiled
+    cell (the next one compiles afresh, as in a new process) and cuBLAS's workspaces (one per stream used, kept until
     cleared: NVML's process figure would count them)."""
+    compiled = prepared is not None and prepared.work is not None and prepared.work.compiled
     if prepared is not None:
         prepared.close()
         prepared.work = None
     if clear:
         gc.collect()  # outputs held in reference cycles (autograd graphs of fwd_bwd) go now
-        if "torch._dynamo" in sys.modules:
+        if compiled:  # only then: its first call in a process imports what took 3 s on an H200 host
             torch._dynamo.reset()
         if torch.cuda.is_initialized() and hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
             torch._C._cuda_clearCublasWorkspaces()
