@@ -249,8 +249,11 @@ class ForkRunner:
         try:
             deadline = time.monotonic() + self.start_timeout_s
             self._until(child, {"started"}, deadline)
+            started = time.perf_counter() - t0 - forked
             child.send("probe", self.dtypes, self.reuse)
-            info = self._until(child, {"probed"}, deadline)[1] | {"fork_wait_s": forked}
+            info = self._until(child, {"probed"}, deadline)[1]
+            info |= {"fork_wait_s": forked, "device_start_s": started,
+                     "ceilings_s": time.perf_counter() - t0 - forked - started}
             if self.reuse:  # it takes the first cell: one process start fewer
                 self.kept, child = child, None
             return info

@@ -38,12 +38,13 @@ def start_parts(infos: list[dict], asked: float) -> str:
     def most(key: str) -> float:
         return max((i.get(key) or 0.0) for i in infos)
 
-    device = most("probe_s") - most("fork_wait_s")
     if not any("up_at" in i for i in infos):
-        return f"device start and ceilings: up to {device:.1f} s"
+        return f"device start and ceilings: up to {most('probe_s'):.1f} s"
     up = max(0.0, most("up_at") - asked)
+    measuring = max(((i.get("ceilings") or {}).get("seconds") or 0.0) for i in infos)
     return (f"their processes up after {up:.1f} s; then, at most, {most('fork_wait_s'):.1f} s waiting for the fork "
-            f"server's imports and {device:.1f} s of device start and ceilings")
+            f"server's imports, {most('device_start_s'):.1f} s of device start, {most('ceilings_s'):.1f} s for the "
+            f"ceilings ({measuring:.2f} s measuring them); {most('probe_s'):.1f} s in all")
 
 
 class Session:

@@ -227,7 +227,7 @@ def environment(device: torch.device) -> dict:
     env = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: unpickling a TorchVersion imports torch (3 s)
         "cuda_version": torch.version.cuda,
         "cudnn_version": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
         "device_type": device.type,

@@ -237,3 +237,32 @@ def test_cells_per_process_zero_is_one_process_for_every_cell_in_call_order(serv
         go = after["ended_at"] - timedelta(seconds=after["measure_s"])
         assert go >= before["ended_at"] - timedelta(milliseconds=1)
     assert gone(rows[0]["pid"])
+
+
+RUNNER_ONLY = """
+import sys
+from orchestrator import forkserver
+from orchestrator.isolation import ForkRunner
+spec = {spec!r}
+address, proc = forkserver.start()
+try:
+    runner = ForkRunner(address, "cpu", cells_per_process={per})
+    info = runner.probe()
+    row = runner.run(spec, 60)
+    runner.close()
+finally:
+    forkserver.stop(address, proc)
+assert "ceilings" in info and row["status"] == "ok", (info, row)
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("per", [1, 0])
+def test_the_runner_never_imports_torch(per):
+    """The device actor only passes messages: what a cell process sends it (its device record, its
+    row) unpickles without torch. A torch.__version__ in the record made the actor import torch
+    when the first process started: seconds of every sweep's start on a GPU machine."""
+    code = RUNNER_ONLY.format(spec=spec("math"), per=per)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
