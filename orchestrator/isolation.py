@@ -116,8 +116,10 @@ def _serve(conn) -> None:
 
 def stays(status: str) -> bool:
     """Whether a cell process may measure another cell after one that ended so (run.cells_per_process):
-    only after a cell that ran cleanly or that PyTorch refused before launching anything."""
-    return status in (Status.OK.value, Status.UNSUPPORTED.value)
+    after a cell that ran cleanly, that PyTorch refused before launching anything, or that ran out of
+    memory (the allocator refuses before any launch; the cell's memory is freed before the next).
+    An error, a crash or a timeout ends the process: its CUDA context may be broken."""
+    return status in (Status.OK.value, Status.UNSUPPORTED.value, Status.OOM.value)
 
 
 def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:

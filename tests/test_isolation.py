@@ -200,25 +200,25 @@ def test_deadline_counts_the_cell_not_its_wait(server):
 
 
 def test_cells_per_process_keeps_a_process_until_its_limit_or_a_failure(fork_server):
-    """run.cells_per_process: a process that measured a cell cleanly takes the next one, up to the
-    limit; a cell that fails (an error, a crash) is its process's last, and the next cell gets a
-    fresh one. The probe's process takes the first cell; nothing is left once the runner closes."""
+    """run.cells_per_process: a process that measured a cell cleanly (or ran out of memory) takes
+    the next one, up to the limit; a cell that fails (an error, a crash) is its process's last, and
+    the next cell gets a fresh one. The probe's process takes the first cell; nothing is left once the runner closes."""
     server, server_pid = fork_server[0], fork_server[1].pid
     runner = ForkRunner(server, "cpu", cells_per_process=3)
-    backends = ["math", "flash", "eager", "math", "fault_raise", "math", "fault_segfault", "math", "flash"]
+    backends = ["math", "flash", "eager", "math", "fault_raise", "math", "fault_segfault", "fault_oom", "flash", "math"]
     try:
         assert "ceilings" in runner.probe()
         assert len(psutil.Process(server_pid).children()) == 1  # the probe's process stayed for the first cell
         rows = [runner.run(spec(b), 60) for b in backends]
     finally:
         runner.close()
-    statuses = ["ok"] * 4 + ["error", "ok", "crashed", "ok", "ok"]
+    statuses = ["ok"] * 4 + ["error", "ok", "crashed", "oom", "ok", "ok"]  # out of memory: the process goes on
     assert [r["status"] for r in rows] == statuses, [r["error"] for r in rows]
-    assert [r.get("process_cell") for r in rows] == [1, 2, 3, 1, 2, 1, None, 1, 2]
+    assert [r.get("process_cell") for r in rows] == [1, 2, 3, 1, 2, 1, None, 1, 2, 3]
     pids = [r["pid"] for r in rows]
-    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] != pids[5] == pids[6] != pids[7] == pids[8]
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] != pids[5] == pids[6] != pids[7] == pids[8] == pids[9]
     assert rows[1]["startup_s"] == 0.0 and rows[0]["startup_s"] > 0  # only a process's first cell paid its start
-    assert all(gone(p) for p in set(pids)) and not psutil.Process(server_pid).children()
+    assert all(gone(p) for p in set(pids)) and all(gone(c.pid) for c in psutil.Process(server_pid).children())
 
 
 def test_cells_per_process_zero_is_one_process_for_every_cell_in_call_order(server):
