@@ -10,6 +10,8 @@
 # disturb:   docs/h200x2/probe_disturb.py --long: do another process's start phases move long timed calls?
 # start:     docs/h200x2/probe_start.py: a cell process's start, step by step, 1, 2 and 4 at once
 # drivercalls: docs/h200x2/probe_driver_calls.py: a measuring cell's own driver calls while others start
+# reuse:     one process per device (run.cells_per_process=0): inprocess.py on 1 and 2 GPUs with both
+#            settings, agreement.py run to run, and the steps of a reused process (probe_reuse.py)
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_verify}
@@ -53,6 +55,15 @@ if want drivercalls; then
   step "drivercalls: a measuring cell's driver calls while other processes start"
   CUDA_VISIBLE_DEVICES=0 timeout 120 python docs/h200x2/probe_driver_calls.py 2>&1 | grep -v -e Deprecation -e "os.fork()" \
     | tee "$OUT/probe_driver_calls.txt"
+fi
+if want reuse; then
+  step "reuse: one process per device against a fresh process per cell"
+  timeout 560 python benchmarks/inprocess.py --gpus 1,2 --cells-per-process 1,0 --keep "$OUT/work/inprocess_reuse" 2>&1 \
+    | tee "$OUT/inprocess_reuse.txt"
+  timeout 300 python benchmarks/agreement.py --runs reuse:1,reuse:1 --keep "$OUT/work/agreement_reuse" \
+    "${FULL120[@]}" 2>&1 | grep -v "^\[" | tee "$OUT/agreement_reuse.txt"
+  LOG="$OUT/probe_reuse_steps.log" CUDA_VISIBLE_DEVICES=0 timeout 200 python docs/h200x2/probe_reuse.py 2>&1 \
+    | grep -v -e Deprecation -e "os.fork()" | tee "$OUT/probe_reuse.txt"
 fi
 if want full; then
   step "+sweep=full on every GPU"
