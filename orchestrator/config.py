@@ -100,7 +100,7 @@ class RunConfig:
     prewarm: int = 2  # pool mode on a GPU: cell processes started ahead (CUDA context) while one measures
     cells_per_process: int = 1  # pool mode: cells one process measures in turn (0: no limit); 1: a fresh process
     #                             and CUDA context per cell. More is faster, but a cell sees what earlier ones
-    #                             left in the process; a process is replaced after a cell that fails
+    #                             left in the process; it is replaced after an error, crash or timeout
     progress: bool = True
 
 

@@ -114,12 +114,14 @@ def _serve(conn) -> None:
             env = env | {"startup_s": 0.0, "startup_wait_s": 0.0 if env.get("startup_wait_s") is not None else None}
 
 
-def stays(status: str) -> bool:
-    """Whether a cell process may measure another cell after one that ended so (run.cells_per_process):
-    after a cell that ran cleanly, that PyTorch refused before launching anything, or that ran out of
-    memory (the allocator refuses before any launch; the cell's memory is freed before the next).
-    An error, a crash or a timeout ends the process: its CUDA context may be broken."""
-    return status in (Status.OK.value, Status.UNSUPPORTED.value, Status.OOM.value)
+def stays(row: dict) -> bool:
+    """Whether a cell process may measure another cell after this row (run.cells_per_process):
+    after a cell that ran cleanly, that PyTorch refused, or that ran out of memory (its memory is
+    freed before the next cell). An error, a crash or a timeout ends the process (its CUDA context
+    may be broken), and so does a call that could not be captured in a CUDA graph (a failed
+    capture may leave its memory pool, or the allocator's capture state, behind)."""
+    return (row.get("status") in (Status.OK.value, Status.UNSUPPORTED.value, Status.OOM.value)
+            and not (row.get("timing_note") or "").startswith("not capturable"))
 
 
 def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
@@ -145,13 +147,18 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
 
             out.cols |= cellrun.measure(prepared, nvml, before_memory=previous_gone)
             out.cols["status"] = Status.OK.value
-    stay = bool(go.get("stay")) and stays(out.cols["status"])
-    cellrun.release(prepared, clear=stay)  # the device's memory back before the next cell prepares
+    stay = bool(go.get("stay")) and stays(out.cols)
+    cellrun.release(prepared, clear=stay, spec=spec)  # the device's memory back before the next cell prepares
     conn.send(("result", out.done(t_go)))
     return stay
 
 
 # ----------------------------------------------------------------------------- in the actor
+
+
+def where(child: Child) -> dict:
+    """A failed cell's place in its process (run.cells_per_process): was it the process's first?"""
+    return {"process_cell": child.cells}
 
 
 class Child:
@@ -211,6 +218,10 @@ class Overrun(Exception):
 
 class StartFailed(Exception):
     """The child could not start its device."""
+
+
+class GoneBetweenCells(Exception):
+    """A process kept from the previous cell went away before taking this one."""
 
 
 class ForkRunner:
@@ -290,7 +301,7 @@ class ForkRunner:
             result = self._run(turn, spec, timeout_s, started)
         finally:
             child = turn.child
-            if child is not None and child.stays and result is not None and stays(result["status"]):
+            if child is not None and child.stays and result is not None and stays(result):
                 self.kept = child  # before the next cell's turn comes
             elif child is not None:
                 with contextlib.suppress(OSError):
@@ -310,6 +321,9 @@ class ForkRunner:
     def _run(self, turn: Turn, spec: dict, timeout_s: float, started: float) -> dict:
         try:
             return self._attempt(turn, spec, timeout_s, started)
+        except GoneBetweenCells:  # not this cell's doing: a fresh process
+            turn.child.close()
+            turn.child = self._fork(start=True)
         except StartFailed:  # a waiting process could not start (no memory beside a large cell): once more, alone
             turn.child.close()
             turn.wait_prev()
@@ -322,6 +336,7 @@ class ForkRunner:
 
     def _attempt(self, turn: Turn, spec: dict, timeout_s: float, started: float) -> dict:
         child = turn.child
+        reused = child.cells > 0
         child.send("cell", spec)
         turn.wait_prev()  # the previous cell has measured, freed its memory and returned its result
         if not child.started:  # no prewarm: the process starts its device only now
@@ -331,7 +346,7 @@ class ForkRunner:
         child.send("go", {"after_pid": prev.pid if prev is not None and prev is not child else None,
                           "stay": child.stays})
         child.cells += 1
-        t_turn = time.monotonic()
+        t_turn, spawn_s = time.monotonic(), None
         try:
             self._until(child, {"ready"}, t_turn + self.start_timeout_s)
             spawn_s = time.monotonic() - t_turn
@@ -344,10 +359,12 @@ class ForkRunner:
                 why = f"its process was not ready within run.start_timeout_s = {self.start_timeout_s:g} s"
             else:
                 why = f"no result within the deadline of {timeout_s:g} s"
-            return failure(Status.TIMEOUT.value, f"{why}; child killed", started, child.pid)
+            return failure(Status.TIMEOUT.value, f"{why}; child killed", started, child.pid) | where(child)
         except (EOFError, OSError):
-            code = child.exit_code()
-            return failure(Status.CRASHED.value, f"cell process {describe_exit(code)}", started, child.pid)
+            if reused and spawn_s is None:  # a kept process answers "ready" at once: it died before this cell
+                raise GoneBetweenCells() from None
+            why = f"cell process {describe_exit(child.exit_code())}"
+            return failure(Status.CRASHED.value, why, started, child.pid) | where(child)
 
     def _until(self, child: Child, kinds: set, deadline: float) -> tuple:
         """The child's next message of one of these kinds (others are skipped)."""

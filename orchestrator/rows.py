@@ -134,8 +134,8 @@ COLUMNS: list[Column] = [
     Column("host", S, "host name"),
     Column("node_id", S, "Ray node id"),
     Column("pid", I, "process id of the cell"),
-    Column("process_cell", I, "which cell of its process this was: 1 in a fresh process (the default), more with "
-                              "run.cells_per_process other than 1"),
+    Column("process_cell", I, "which cell of its process this was (crashed and timed-out cells included): 1 in a "
+                              "fresh process (the default), more with run.cells_per_process other than 1"),
     Column("git_commit", S, "commit of this project when run from a git checkout (`-dirty`: uncommitted changes)"),
     Column("tool_version", S, "installed version of this project (attention-sweep-orchestrator)"),
     # when, and what it cost

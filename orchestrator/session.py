@@ -128,19 +128,20 @@ class Session:
             self.signum = self.signum or signal.SIGINT
             for sig in self._saved_handlers:
                 signal.signal(sig, signal.SIG_IGN)  # nothing interrupts the clean-up
-        try:
-            if self.launcher is not None:
-                self.launcher.close(self.slots)
-            if self.owns_ray and (stopping or exc_type is not None):
-                cluster.shutdown()
-                cluster.kill_own_ray_processes()  # a start cut short leaves what ray.shutdown does not know
-            elif self.owns_ray:  # the cluster goes down while the dataset is compacted and reported
-                self._closer = threading.Thread(target=cluster.shutdown, name="ray-shutdown")
-                self._closer.start()
-        finally:
-            self._stop_fork()
-            for sig, handler in self._saved_handlers.items():
-                signal.signal(sig, handler)
+        if not stopping and exc_type is None:  # the devices and the cluster go while the dataset is compacted
+            self._closer = threading.Thread(target=self._close, name="session-close")  # and reported
+            self._closer.start()
+        else:
+            try:
+                if self.launcher is not None:
+                    self.launcher.close(self.slots)
+                if self.owns_ray:
+                    cluster.shutdown()
+                    cluster.kill_own_ray_processes()  # a start cut short leaves what ray.shutdown does not know
+            finally:
+                self._stop_fork()
+        for sig, handler in self._saved_handlers.items():
+            signal.signal(sig, handler)
         if stopping:
             name = signal.Signals(self.signum).name
             log.warning("interrupted: %s; %d rows of this run saved in %s; run the same command again to resume",
@@ -148,8 +149,21 @@ class Session:
             raise Interrupted(self.signum) from None
         return False
 
+    def _close(self) -> None:
+        """After the last row: the device workers (their cell processes: seconds, with CUDA contexts
+        to tear down), a cluster this run started, the fork server."""
+        try:
+            if self.launcher is not None:
+                self.launcher.close(self.slots)
+            if self.owns_ray:
+                cluster.shutdown()
+        except Exception:  # noqa: BLE001 - every row is saved; what is left is logged, not raised
+            log.exception("closing the device workers or the cluster failed")
+        finally:
+            self._stop_fork()
+
     def wait_closed(self) -> None:
-        """Until the cluster this run started is down."""
+        """Until the device workers, a cluster this run started and the fork server are gone."""
         if self._closer is not None:
             self._closer.join()
             self._closer = None

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 import torch
 
 from orchestrator.rows import Status
-from tasks import faults, kernels, timing  # noqa: F401  (faults registers the fault_* backends)
+from tasks import backends, faults, kernels, timing  # noqa: F401  (faults registers the fault_* backends)
 from tasks.device import HAS_NVML, ClockSampler, Held, Nvml, environment, gpu_quiet, nvml_handle
 
 NO_KERNEL = ("No available kernel", "No viable backend")
@@ -185,14 +185,16 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     }
 
 
-def release(prepared: Prepared | None, clear: bool = False) -> None:
+def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = None) -> None:
     """Unpin and free a cell's device memory (its process keeps running a little longer).
 
     ``clear``: this process measures another cell next (``run.cells_per_process``): also what a
     cell leaves that the next one's figures would carry, torch.compile's caches after a compiled
-    cell (the next one compiles afresh, as in a new process) and cuBLAS's workspaces (one per stream used, kept until
+    cell (the next one compiles afresh, as in a new process; ``spec`` tells a compiled backend whose
+    prepare failed) and cuBLAS's workspaces (one per stream used, kept until
     cleared: NVML's process figure would count them)."""
-    compiled = prepared is not None and prepared.work is not None and prepared.work.compiled
+    compiled = (prepared is not None and prepared.work is not None and prepared.work.compiled) or bool(
+        spec and backends.BACKENDS.get(spec.get("backend")) and backends.BACKENDS[spec["backend"]].compiled)
     if prepared is not None:
         prepared.close()
         prepared.work = None

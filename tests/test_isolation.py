@@ -3,6 +3,7 @@ work, and the hand-over between cells (the next one starts early, never measures
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -214,11 +215,41 @@ def test_cells_per_process_keeps_a_process_until_its_limit_or_a_failure(fork_ser
         runner.close()
     statuses = ["ok"] * 4 + ["error", "ok", "crashed", "oom", "ok", "ok"]  # out of memory: the process goes on
     assert [r["status"] for r in rows] == statuses, [r["error"] for r in rows]
-    assert [r.get("process_cell") for r in rows] == [1, 2, 3, 1, 2, 1, None, 1, 2, 3]
+    assert [r.get("process_cell") for r in rows] == [1, 2, 3, 1, 2, 1, 2, 1, 2, 3]
     pids = [r["pid"] for r in rows]
     assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] != pids[5] == pids[6] != pids[7] == pids[8] == pids[9]
     assert rows[1]["startup_s"] == 0.0 and rows[0]["startup_s"] > 0  # only a process's first cell paid its start
-    assert all(gone(p) for p in set(pids)) and all(gone(c.pid) for c in psutil.Process(server_pid).children())
+    for pid in set(pids):  # the last one ends by itself (its limit reached), maybe just after close
+        wait_gone(pid)
+    assert all(gone(c.pid) for c in psutil.Process(server_pid).children())
+
+
+def test_a_kept_process_that_dies_between_cells_is_not_the_next_cells_fault(server):
+    """A process kept for the next cell that is gone when the cell comes (killed, or a late crash of
+    the cell before) is replaced: the cell runs in a fresh one and is not recorded as crashed."""
+    runner = ForkRunner(server, "cpu", cells_per_process=0)
+    try:
+        first = runner.run(spec("math"), 60)
+        os.kill(first["pid"], signal.SIGKILL)
+        wait_gone(first["pid"])
+        second = runner.run(spec("flash"), 60)
+        third = runner.run(spec("eager"), 60)
+    finally:
+        runner.close()
+    assert (first["status"], second["status"], third["status"]) == ("ok", "ok", "ok"), second["error"]
+    assert second["pid"] != first["pid"] and second["process_cell"] == 1
+    assert third["pid"] == second["pid"] and third["process_cell"] == 2
+
+
+def test_what_a_process_may_measure_after():
+    """The rule both ends apply (the cell process, and the runner keeping it): clean, refused or out
+    of memory, it goes on; an error, a crash, a timeout or a failed graph capture ends it."""
+    from orchestrator.isolation import stays
+
+    assert all(stays({"status": s}) for s in ("ok", "unsupported", "oom"))
+    assert not any(stays({"status": s}) for s in ("error", "crashed", "timeout"))
+    assert not stays({"status": "ok", "timing_note": "not capturable in a CUDA graph: RuntimeError: ..."})
+    assert stays({"status": "ok", "timing_note": "measure.method=events"})
 
 
 def test_cells_per_process_zero_is_one_process_for_every_cell_in_call_order(server):
