@@ -103,7 +103,8 @@ class Rounds:
         self.cfg, self.store, self.session, self.runlog, self.planner = cfg, store, session, runlog, planner
         self.summary, self.key = runlog.summary, runlog.ctx["measure_key"]
         self.seen: set[str] = set()
-        self.since = datetime.now(timezone.utc)  # rows of other runs after this: measured meanwhile
+        self.known: set[str] = set()  # row ids the dataset held when we looked: rows of other runs beyond them
+        #                               were measured meanwhile
 
     def run(self) -> None:
         while cells := self.planner.next_round():
@@ -136,6 +137,7 @@ class Rounds:
         new = [c for c in cells if c.cell_id not in self.seen]
         self.seen |= {c.cell_id for c in new}
         self.summary.total += len(new)
+        self.known |= self.store.row_ids()  # before the look below: a row landing in between counts as new
         done = self.store.done(self.cfg.run.rerun, self.key) & {c.cell_id for c in cells}
         if done:
             rows = self.store.latest().set_index("cell_id") if self.cfg.capacity.enabled else None
@@ -160,7 +162,7 @@ class Rounds:
         for c in cells:
             (mine if self.store.claims.claim(c.cell_id, self.summary.run_id) is None else theirs).append(c)
         if mine:
-            done = self.store.finished_since(self.since, self.summary.run_id)
+            done = self.store.written_since(self.known, self.summary.run_id)
             for c in [c for c in mine if c.cell_id in done]:
                 self.store.claims.release(c.cell_id, self.summary.run_id)
             self._done_elsewhere([c for c in mine if c.cell_id in done])
@@ -183,7 +185,7 @@ class Rounds:
         sweep goes away without them."""
         while cells:
             self.session.idle(1.0)
-            done = self.store.finished_since(self.since, self.summary.run_id)
+            done = self.store.written_since(self.known, self.summary.run_id)
             self._done_elsewhere([c for c in cells if c.cell_id in done])
             mine, cells = self._claim([c for c in cells if c.cell_id not in done], quiet=True)
             self._execute(mine)

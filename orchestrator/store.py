@@ -255,10 +255,16 @@ class Store:
             df = df[df["measure_key"].eq(measure_key)]
         return set(df["cell_id"])
 
-    def finished_since(self, since, run_id: str) -> set[str]:
-        """Cell ids another run wrote a row for after ``since`` (a UTC datetime)."""
-        df = self.read(["cell_id", "run_id", "ended_at"])
-        return set(df.loc[df["ended_at"].gt(pd.Timestamp(since)) & df["run_id"].ne(run_id), "cell_id"])
+    def row_ids(self) -> set[str]:
+        """Every row's id: what the dataset holds now (``written_since`` tells what came after)."""
+        return set(self.read(["row_id"])["row_id"])
+
+    def written_since(self, known: set[str], run_id: str) -> set[str]:
+        """Cell ids another run wrote a row for that is not among ``known`` row ids. By the rows
+        themselves, not their times: a row lands after its cell's ``ended_at``, so a cell another
+        sweep finished just before we looked, and wrote just after, is still found."""
+        df = self.read(["cell_id", "run_id", "row_id"])
+        return set(df.loc[~df["row_id"].isin(known) & df["run_id"].ne(run_id), "cell_id"])
 
     def measured_otherwise(self, cell_ids: set[str], measure_key: str) -> set[str]:
         """Those of cell_ids whose newest row was measured with other settings (or before

@@ -101,3 +101,18 @@ def test_every_reader_reads_the_folder_after_a_quarantine_and_a_rerun(tmp_path):
     assert len(s.read()) == 2  # the broken part set aside, named
     each_row_once(s.path, {first["row_id"], again["row_id"]})  # every reader, each row once
     assert sorted(f.name for f in s.path.iterdir()) == sorted(f.name for f in s.parts())  # data files only
+
+
+def test_a_row_written_after_we_looked_counts_even_if_its_cell_ended_before(tmp_path):
+    """Two sweeps on one store: sweep B looks at the dataset, then A's row for a cell lands, a
+    row whose cell ended before B looked (a row is written after its cell ends). B must see it
+    as measured meanwhile, or it measures the cell again (seen: 22 rows for 20 cells with three
+    sweeps at once, when this went by the rows' end times)."""
+    s = Store(tmp_path)
+    s.append([row("old", "ok", 0, run_id="run-a")])
+    known = s.row_ids()  # B looks: the cells it will claim or wait for
+    s.append([row("x", "ok", -60, run_id="run-a")])  # ended an hour before, written now
+    s.append([row("mine", "ok", 5, run_id="run-b")])
+    assert s.written_since(known, "run-b") == {"x"}
+    s.compact()  # rewritten into one file: the same rows, still told apart by their ids
+    assert s.written_since(known, "run-b") == {"x"}
