@@ -137,8 +137,9 @@ class Rounds:
         new = [c for c in cells if c.cell_id not in self.seen]
         self.seen |= {c.cell_id for c in new}
         self.summary.total += len(new)
-        self.known |= self.store.row_ids()  # before the look below: a row landing in between counts as new
-        done = self.store.done(self.cfg.run.rerun, self.key) & {c.cell_id for c in cells}
+        done, ids = self.store.look(self.cfg.run.rerun, self.key)
+        self.known |= ids
+        done &= {c.cell_id for c in cells}
         if done:
             rows = self.store.latest().set_index("cell_id") if self.cfg.capacity.enabled else None
             for c in cells:

@@ -156,11 +156,6 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
 # ----------------------------------------------------------------------------- in the actor
 
 
-def where(child: Child) -> dict:
-    """A failed cell's place in its process (run.cells_per_process): was it the process's first?"""
-    return {"process_cell": child.cells}
-
-
 class Child:
     """A forked cell process and the runner's end of its pipe."""
 
@@ -346,6 +341,7 @@ class ForkRunner:
         child.send("go", {"after_pid": prev.pid if prev is not None and prev is not child else None,
                           "stay": child.stays})
         child.cells += 1
+        place = {"process_cell": child.cells}  # a failed cell's row says it too: was it its process's first?
         t_turn, spawn_s = time.monotonic(), None
         try:
             self._until(child, {"ready"}, t_turn + self.start_timeout_s)
@@ -359,12 +355,12 @@ class ForkRunner:
                 why = f"its process was not ready within run.start_timeout_s = {self.start_timeout_s:g} s"
             else:
                 why = f"no result within the deadline of {timeout_s:g} s"
-            return failure(Status.TIMEOUT.value, f"{why}; child killed", started, child.pid) | where(child)
+            return failure(Status.TIMEOUT.value, f"{why}; child killed", started, child.pid) | place
         except (EOFError, OSError):
             if reused and spawn_s is None:  # a kept process answers "ready" at once: it died before this cell
                 raise GoneBetweenCells() from None
             why = f"cell process {describe_exit(child.exit_code())}"
-            return failure(Status.CRASHED.value, why, started, child.pid) | where(child)
+            return failure(Status.CRASHED.value, why, started, child.pid) | place
 
     def _until(self, child: Child, kinds: set, deadline: float) -> tuple:
         """The child's next message of one of these kinds (others are skipped)."""

@@ -129,17 +129,10 @@ class Session:
             for sig in self._saved_handlers:
                 signal.signal(sig, signal.SIG_IGN)  # nothing interrupts the clean-up
         if not stopping and exc_type is None:  # the devices and the cluster go while the dataset is compacted
-            self._closer = threading.Thread(target=self._close, name="session-close")  # and reported
+            self._closer = threading.Thread(target=self._close_logged, name="session-close")  # and reported
             self._closer.start()
         else:
-            try:
-                if self.launcher is not None:
-                    self.launcher.close(self.slots)
-                if self.owns_ray:
-                    cluster.shutdown()
-                    cluster.kill_own_ray_processes()  # a start cut short leaves what ray.shutdown does not know
-            finally:
-                self._stop_fork()
+            self._close(cut_short=True)
         for sig, handler in self._saved_handlers.items():
             signal.signal(sig, handler)
         if stopping:
@@ -149,18 +142,27 @@ class Session:
             raise Interrupted(self.signum) from None
         return False
 
-    def _close(self) -> None:
-        """After the last row: the device workers (their cell processes: seconds, with CUDA contexts
-        to tear down), a cluster this run started, the fork server."""
+    def _close(self, cut_short: bool = False) -> None:
+        """The device workers (their cell processes: seconds, with CUDA contexts to tear down), a
+        cluster this run started, the fork server. ``cut_short``: a signal or an error stopped the
+        run, maybe while Ray was starting."""
         try:
             if self.launcher is not None:
                 self.launcher.close(self.slots)
             if self.owns_ray:
                 cluster.shutdown()
-        except Exception:  # noqa: BLE001 - every row is saved; what is left is logged, not raised
-            log.exception("closing the device workers or the cluster failed")
+                if cut_short:
+                    cluster.kill_own_ray_processes()  # a start cut short leaves what ray.shutdown does not know
         finally:
             self._stop_fork()
+
+    def _close_logged(self) -> None:
+        """``_close`` after the last row, beside compaction and the report: every row is saved, so
+        what fails here is logged, not raised."""
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the device workers or the cluster failed")
 
     def wait_closed(self) -> None:
         """Until the device workers, a cluster this run started and the fork server are gone."""

@@ -246,18 +246,21 @@ class Store:
         """Cell ids that need no new measurement. rerun: none (resume), failed (also redo
         error/crashed/timeout), changed (also redo cells measured with other settings than
         measure_key), all (redo everything)."""
+        return set() if rerun == "all" else self.look(rerun, measure_key)[0]
+
+    def look(self, rerun: str = "none", measure_key: str | None = None) -> tuple[set[str], set[str]]:
+        """(``done``'s cell ids, every row's id) from one read of the dataset: a sweep's look before
+        it claims cells (``written_since`` then tells which rows came after)."""
+        df = self.read(["cell_id", "status", "measure_key", "row_id"])
+        ids = set(df["row_id"])
         if rerun == "all":
-            return set()
-        df = self.latest(["cell_id", "status", "measure_key"])
+            return set(), ids
+        df = df.drop_duplicates("cell_id", keep="last")
         skip = set(STATUSES) - (FAILED if rerun == "failed" else set())
         df = df[df["status"].isin(skip)]
         if rerun == "changed" and measure_key:
             df = df[df["measure_key"].eq(measure_key)]
-        return set(df["cell_id"])
-
-    def row_ids(self) -> set[str]:
-        """Every row's id: what the dataset holds now (``written_since`` tells what came after)."""
-        return set(self.read(["row_id"])["row_id"])
+        return set(df["cell_id"]), ids
 
     def written_since(self, known: set[str], run_id: str) -> set[str]:
         """Cell ids another run wrote a row for that is not among ``known`` row ids. By the rows

@@ -189,18 +189,17 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
     """Unpin and free a cell's device memory (its process keeps running a little longer).
 
     ``clear``: this process measures another cell next (``run.cells_per_process``): also what a
-    cell leaves that the next one's figures would carry, torch.compile's caches after a compiled
-    cell (the next one compiles afresh, as in a new process; ``spec`` tells a compiled backend whose
-    prepare failed) and cuBLAS's workspaces (one per stream used, kept until
+    cell leaves that the next one's figures would carry, torch.compile's caches after a cell of a
+    compiled backend (``spec``'s; the next one compiles afresh, as in a new process) and cuBLAS's
+    workspaces (one per stream used, kept until
     cleared: NVML's process figure would count them)."""
-    compiled = (prepared is not None and prepared.work is not None and prepared.work.compiled) or bool(
-        spec and backends.BACKENDS.get(spec.get("backend")) and backends.BACKENDS[spec["backend"]].compiled)
+    backend = backends.BACKENDS.get(spec["backend"]) if spec else None
     if prepared is not None:
         prepared.close()
         prepared.work = None
     if clear:
         gc.collect()  # outputs held in reference cycles (autograd graphs of fwd_bwd) go now
-        if compiled:  # only then: its first call in a process imports what took 3 s on an H200 host
+        if backend is not None and backend.compiled:  # only then: its first call in a process imports 3 s of code
             torch._dynamo.reset()
         if torch.cuda.is_initialized() and hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
             torch._C._cuda_clearCublasWorkspaces()

@@ -110,7 +110,7 @@ def test_a_row_written_after_we_looked_counts_even_if_its_cell_ended_before(tmp_
     sweeps at once, when this went by the rows' end times)."""
     s = Store(tmp_path)
     s.append([row("old", "ok", 0, run_id="run-a")])
-    known = s.row_ids()  # B looks: the cells it will claim or wait for
+    known = s.look()[1]  # B looks: the cells it will claim or wait for
     s.append([row("x", "ok", -60, run_id="run-a")])  # ended an hour before, written now
     s.append([row("mine", "ok", 5, run_id="run-b")])
     assert s.written_since(known, "run-b") == {"x"}
