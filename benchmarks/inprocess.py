@@ -141,7 +141,9 @@ def sweep(cells: str, gpus: int | None, per_process: int, tmp: Path) -> dict:
                   f"hydra.run.dir={run}", "run.progress=false"], tmp / f"sweep-{tag}.log")
     df = pd.read_parquet(store)
     summary = next(iter(Store(store).runs().values()))["summary"]
-    return {"wall": wall, "df": df, "summary": summary, "tag": tag}
+    said = (tmp / f"sweep-{tag}.log").read_text().splitlines()
+    parts = next((ln.split("] ", 1)[-1] for ln in reversed(said) if "the whole command:" in ln), "(none)")
+    return {"wall": wall, "df": df, "summary": summary, "tag": tag, "parts": parts}
 
 
 def key_of(row) -> str:
@@ -221,6 +223,7 @@ def main() -> None:
             print(f"sweep {s['tag']}: {s['wall']:.1f} s whole command; start {sm['start_s']:.1f} s, first dispatch "
                   f"to last row {sm['wall_s']:.1f} s on {sm['devices']} device(s), the rest {rest:.1f} s "
                   "(interpreter, imports, config, compaction, report, Ray's shutdown)", flush=True)
+            print(f"  its own account: {s['parts']}", flush=True)
     rows, agree = medians_table(loops["dobench"]["cells"], loops["graph"]["cells"], sweeps)
     pd.set_option("display.width", 250, "display.max_rows", 500)
     print(f"\ndevice: {loops['dobench']['device']}; cells: {cells} ({len(rows)}); medians in ms")

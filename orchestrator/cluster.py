@@ -15,6 +15,8 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
+import time
 from dataclasses import dataclass, field
 
 import ray
@@ -153,8 +155,35 @@ def resources() -> Resources:
 
 
 def shutdown() -> None:
+    """ray.shutdown(); a private cluster's helper processes are stopped first, all at once. Ray
+    stops its processes one after another and gives each a second to go on SIGTERM, which the
+    autoscaler's monitor takes in full: 1 s of every sweep's end."""
     if ray.is_initialized():
+        _stop_helpers()
         ray.shutdown()
+
+
+def _stop_helpers(grace_s: float = 0.2) -> None:
+    """SIGTERM to the monitor, log monitor and dashboard of the cluster this process started
+    (none for a joined one), SIGKILL to those still there after grace_s. The raylet and the GCS
+    are left to ray.shutdown, which stops them after the driver has disconnected."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not node.is_head():
+        return
+    procs = [(kind, i.process) for kind in ("monitor", "log_monitor", "dashboard")
+             for i in getattr(node, "all_processes", {}).get(kind, [])]
+    for kind, p in procs:
+        with contextlib.suppress(OSError):
+            p.kill() if kind == "monitor" else p.terminate()  # on SIGTERM it reports itself failed, to the terminal
+    deadline = time.monotonic() + grace_s
+    for _, p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(2.0)
 
 
 def kill_own_ray_processes() -> None:

@@ -26,8 +26,9 @@ from orchestrator import capability, provenance
 from orchestrator.config import ConfigError, validate
 from orchestrator.errors import Interrupted, StoreWriteError
 from orchestrator.grid import Cell, expand
+from orchestrator.rows import shares
 from orchestrator.store import Store, StoreError
-from orchestrator.summary import Summary
+from orchestrator.summary import Summary, process_age_s
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ class RunLog:
                     "measure_key": key, "measure_settings": settings, **provenance.record()}
 
     def record(self, cell: Cell, result: dict, slot=None) -> dict:
-        from tasks.ceilings import shares
-
         row = make_row(cell, result, self.ctx, self.session.platform(cell.target))
         row |= shares(row, self.session.ceiling(row, slot))
         try:
@@ -225,32 +224,64 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     from orchestrator.session import Session  # Ray is imported only once the config is known good
 
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
-    with Session(cfg, store, summary, fork) as session:
-        planner = planner_for(cfg, session.default_target)
-        store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
-                                        "config": OmegaConf.to_container(cfg, resolve=True)})
-        session.start_devices(planner.targets())
-        rounds = Rounds(cfg, store, session, RunLog(cfg, store, summary, session), planner)
-        t0 = time.perf_counter()
-        try:
-            rounds.run()
-        finally:
-            summary.wall_s = time.perf_counter() - t0
-            store.claims.end_run(summary.run_id)
+    plotters = None
     try:
-        finish(cfg, store, summary, planner, output_dir)
+        with Session(cfg, store, summary, fork) as session:
+            plotters = plot_ahead(cfg, output_dir, session.default_target)
+            planner = sweep(cfg, store, summary, session, output_dir)
+        try:
+            finish(cfg, store, summary, planner, output_dir, plotters)
+        finally:
+            session.wait_closed()
     finally:
-        session.wait_closed()
+        if plotters is not None:
+            plotters.close()
+    age = process_age_s()
+    if age is not None and summary.before_s is not None:
+        summary.command_s = age
+        log.info(summary.command_line())
     return summary
 
 
-def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None) -> None:
+def plot_ahead(cfg, output_dir: str | None, default_target: str):
+    """The report's plotting processes, started now (their imports take a second or two) so that
+    the report only draws: where its figures are wanted and the cells run on GPUs (on this
+    machine's CPUs, the processes' start would share the cores with cells being timed)."""
+    on_gpus = default_target != "cpu" and cfg.run.device != "cpu"
+    if not (cfg.report.enabled and cfg.report.plots and output_dir and on_gpus) or cfg.capacity.enabled:
+        return None
+    from orchestrator.plotters import Plotters
+
+    cells = expand(cfg, default_target)
+    figures = len({(c.workload, c.mode, c.dtype, c.causal, c.head_dim, c.num_heads, c.batch_size) for c in cells})
+    return Plotters(figures * (3 if cfg.sweep_name == "seed" else 1))
+
+
+def sweep(cfg, store: Store, summary: Summary, session, output_dir: str | None):
+    """The rounds of cells, once the cluster is up; returns the planner."""
+    planner = planner_for(cfg, session.default_target)
+    store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
+                                    "config": OmegaConf.to_container(cfg, resolve=True)})
+    session.start_devices(planner.targets())
+    rounds = Rounds(cfg, store, session, RunLog(cfg, store, summary, session), planner)
+    t0 = time.perf_counter()
+    try:
+        rounds.run()
+    finally:
+        summary.wall_s = time.perf_counter() - t0
+        store.claims.end_run(summary.run_id)
+    return planner
+
+
+def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None, plotters=None) -> None:
     """Compaction, the summary line, the capacity table and the report: none of them can lose a row."""
+    t0 = time.perf_counter()
     if cfg.store.compact:
         try:
             store.compact()
         except OSError as exc:
             log.warning("store: compaction skipped (%s); the part files hold every row", exc.strerror or exc)
+    summary.compact_s = time.perf_counter() - t0
     log.info(summary.line())
     try:  # the run's record gets how it went (benchmarks read it)
         info = store.runs().get(summary.run_id, {})
@@ -270,7 +301,9 @@ def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None)
     if cfg.report.enabled and output_dir and cells:
         from orchestrator import report
 
-        report.for_sweep(cfg, store, cells, output_dir)
+        t0 = time.perf_counter()
+        report.for_sweep(cfg, store, cells, output_dir, plotters)
+        summary.report_s = time.perf_counter() - t0
 
 
 def planner_trials(search) -> list[Cell]:

@@ -137,17 +137,18 @@ def summary_frame(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 
 def write(df: pd.DataFrame, out, *, title: str, sweep_name: str | None, baseline: str = "math",
-          plots: bool = True, configs: dict | None = None, source: str = "") -> dict:
-    """Everything a report holds, made from the selected rows, into the folder out."""
+          plots: bool = True, configs: dict | None = None, source: str = "", plotters=None) -> dict:
+    """Everything a report holds, made from the selected rows, into the folder out (the figures
+    by ``plotters``, processes started ahead, if given)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res = report_page.write(summary_frame(df, baseline), out, title=title, seed=sweep_name == "seed",
-                            baseline=baseline, plots=plots, configs=configs or {}, source=source)
+                            baseline=baseline, plots=plots, configs=configs or {}, source=source, plotters=plotters)
     log.info("report: %s -> %s", res["about"], res["html"])
     return res
 
 
-def for_sweep(cfg, store: Store, cells, output_dir) -> dict | None:
+def for_sweep(cfg, store: Store, cells, output_dir, plotters=None) -> dict | None:
     """The report at the end of a sweep, of the newest row of each of its cells. A failure here is
     logged, not raised: the rows are saved, and `python -m orchestrator.report` can try again."""
     try:
@@ -158,7 +159,7 @@ def for_sweep(cfg, store: Store, cells, output_dir) -> dict | None:
             return None
         return write(df, output_dir, title=f"Sweep {cfg.sweep_name}", sweep_name=cfg.sweep_name,
                      baseline=cfg.report.baseline, plots=cfg.report.plots, source=str(store.path),
-                     configs={"sweep config": OmegaConf.to_yaml(cfg, resolve=True)})
+                     configs={"sweep config": OmegaConf.to_yaml(cfg, resolve=True)}, plotters=plotters)
     except Exception:
         log.exception("report failed (the rows are saved); try: python -m orchestrator.report store.path=%s "
                       "sweep_name=%s", store.path, cfg.sweep_name)

@@ -1,15 +1,11 @@
 """A report's figure files: each figure as a PNG fit for slides with an SVG beside it, the
 plotted numbers as wide CSVs (one column per backend, as ``triton.testing.perf_report``
-writes them), and all of a report's figures drawn in parallel processes."""
+writes them), and all of a report's figures drawn in parallel processes (``plotters.py``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from orchestrator.plotters import MOST, Plotters, serve
 from orchestrator.report_plots import METRICS, bars, lines, order
 
 log = logging.getLogger(__name__)
@@ -52,31 +49,19 @@ def render(job: dict) -> Path:
 
 
 def render_all(jobs: list[dict], workers: int | None = None) -> list[Path]:
-    """Every job; with several jobs and CPUs, slices of them in fresh interpreters
-    (``python -m orchestrator.report_files JOBS.pickle``) beside this one: a fork of a process
-    that runs Ray's threads is never safe, and multiprocessing's spawn would re-run the caller's
-    main script. A slice whose process fails is drawn here."""
-    workers = min(len(jobs), os.cpu_count() or 1, 8) if workers is None else workers
+    """Every job, here; with several jobs and CPUs, slices of them in plotting processes started
+    for it (``plotters.py``) beside this one."""
+    workers = min(len(jobs), os.cpu_count() or 1, MOST) if workers is None else workers
     if workers < 2 or len(jobs) < 3:
         return [render(j) for j in jobs]
-    slices = [jobs[i::workers] for i in range(workers)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    with tempfile.TemporaryDirectory(prefix="report-plots-") as tmp:
-        procs = []
-        for i, part in enumerate(slices[1:]):
-            f = Path(tmp) / f"jobs{i}.pickle"
-            f.write_bytes(pickle.dumps(part))
-            procs.append((part, subprocess.Popen([sys.executable, "-m", "orchestrator.report_files", str(f)], env=env,
-                                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
-        for job in slices[0]:
+    helpers = Plotters(workers - 1)
+    try:
+        pending = helpers.submit([j for i, j in enumerate(jobs) if i % workers])
+        for job in jobs[::workers]:
             render(job)
-        for part, proc in procs:
-            _, err = proc.communicate()
-            if proc.returncode:
-                log.warning("report: a plotting process failed (%s); drawing its %d figures here",
-                            (err or "").strip().splitlines()[-1:] or proc.returncode, len(part))
-                for job in part:
-                    render(job)
+        pending.wait()
+    finally:
+        helpers.close()
     return [Path(j["path"]) for j in jobs]
 
 
@@ -106,6 +91,5 @@ def write_csv(frame: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":  # a slice of render_all's jobs
-    for _job in pickle.loads(Path(sys.argv[1]).read_bytes()):
-        render(_job)
+if __name__ == "__main__":  # a plotting process (plotters.py)
+    serve(render)

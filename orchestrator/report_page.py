@@ -41,9 +41,11 @@ def caption(g: pd.DataFrame, key, baseline: str) -> str:
     return text + (f" Marks at the top edge are cells that did not run: {bad}." if bad else "")
 
 
-def draw(frame: pd.DataFrame, out: Path, seed: bool, baseline: str) -> dict:
-    """Per group: its figures as {"png", "svg", "csv", "caption"}; for the seed sweep also the
-    notebook's time and memory bar charts. The figures are drawn in parallel (render_all)."""
+def draw(frame: pd.DataFrame, out: Path, seed: bool, baseline: str, plotters=None) -> tuple[dict, object]:
+    """(per group: its figures as {"png", "svg", "csv", "caption"}; for the seed sweep also the
+    notebook's time and memory bar charts, what to wait for). The figures are drawn in parallel:
+    by ``plotters`` (started ahead: ``plotters.Plotters``) while the caller goes on, or by
+    ``render_all`` before this returns."""
     figs: dict[str, list[dict]] = {}
     jobs = []
     for key, g in tables.groups(frame):
@@ -60,8 +62,10 @@ def draw(frame: pd.DataFrame, out: Path, seed: bool, baseline: str) -> dict:
                          "title": f"{what} by sequence length\n{two_lines}"})
             figs[name].append({"png": p, "svg": p.with_suffix(".svg"), "csv": [],
                                "caption": f"The seed notebook's {what} chart: {title}."})
+    if plotters is not None and jobs:
+        return figs, plotters.submit(jobs)
     files.render_all(jobs)
-    return figs
+    return figs, None
 
 
 def _about(frame: pd.DataFrame, baseline: str, source: str) -> str:
@@ -151,18 +155,21 @@ def html_page(title, about, env, best, groups_, extra, figs, frame, out, baselin
 
 
 def write(frame: pd.DataFrame, out: Path, *, title: str, seed: bool, baseline: str, plots: bool, configs: dict,
-          source: str) -> dict:
+          source: str, plotters=None) -> dict:
+    """The report's files; the figures are drawn (by ``plotters``, if given) while the tables are made."""
+    figs, drawing = draw(frame, out, seed, baseline, plotters) if plots else ({}, None)
     best = tables.best_table(frame)
     groups_ = tables.summary_tables(frame, baseline)
     extra = [t for t in (tables.comparison_table(frame), tables.mismatch_table(frame)) if t is not None]
     env = tables.environment_table(frame)
-    figs = draw(frame, out, seed, baseline) if plots else {}
+    render.print_tables([best, *groups_, *extra])
+    if drawing is not None:
+        drawing.wait()
     about = _about(frame, baseline, source)
     md = markdown_page(title, about, env, best, groups_, extra, figs, frame, out, baseline)
     (out / "summary.md").write_text(md)
     page = html_page(title, about, env, best, groups_, extra, figs, frame, out, baseline, configs)
     (out / "report.html").write_text(page)
-    render.print_tables([best, *groups_, *extra])
     images = [f["png"] for fs in figs.values() for f in fs]
     return {"summary": out / "summary.md", "html": out / "report.html", "images": images, "frame": frame,
             "figures": figs, "best": best, "about": about}

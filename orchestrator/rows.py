@@ -176,3 +176,16 @@ def check(row: dict) -> dict:
     if extra:
         raise UnknownColumn(f"not dataset columns: {', '.join(sorted(extra))}")
     return row
+
+
+def shares(row: dict, ceiling: dict | None) -> dict:
+    """The roofline columns of a measured row, from its device's ceilings (``tasks.ceilings``)."""
+    if not ceiling or row.get("status") != "ok" or not row.get("median_ms"):
+        return {}
+    tflops = ceiling["tflops"].get(row["dtype"])
+    cols = {"ceiling_tflops": tflops, "ceiling_gbps": ceiling["gbps"]}
+    if tflops and row.get("tflops") is not None:
+        cols["pct_of_compute_ceiling"] = 100 * row["tflops"] / tflops
+    if row.get("bytes"):
+        cols["pct_of_bandwidth_ceiling"] = 100 * row["bytes"] / (row["median_ms"] / 1e3) / 1e9 / ceiling["gbps"]
+    return cols

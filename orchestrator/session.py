@@ -24,7 +24,7 @@ from orchestrator.errors import Interrupted
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
 from orchestrator.grid import Cell
 from orchestrator.progress import Progress
-from orchestrator.summary import cost_estimate
+from orchestrator.summary import cost_estimate, process_age_s
 from tasks.flops import cell_flops
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class Session:
 
     def _enter(self) -> None:
         t0 = time.perf_counter()
+        self.summary.before_s = process_age_s()
         c, r = self.cfg.cluster, self.cfg.run
         joining = bool(c.address or os.environ.get("RAY_ADDRESS"))
         if not joining:
@@ -159,10 +160,12 @@ class Session:
     def _close_logged(self) -> None:
         """``_close`` after the last row, beside compaction and the report: every row is saved, so
         what fails here is logged, not raised."""
+        t0 = time.perf_counter()
         try:
             self._close()
         except Exception:  # noqa: BLE001
             log.exception("closing the device workers or the cluster failed")
+        self.summary.close_s = time.perf_counter() - t0
 
     def wait_closed(self) -> None:
         """Until the device workers, a cluster this run started and the fork server are gone."""

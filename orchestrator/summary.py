@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 
 from orchestrator.grid import Cell
@@ -27,6 +29,19 @@ def cost_estimate(cell: Cell, measure, flops: float) -> float:
     return CELL_OVERHEAD_S + measure.warmup_ms / 1e3 + 6 * call_s + timed
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (the interpreter's start included), from /proc; None
+    where there is no /proc."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat") as f:
+            boot = next(int(ln.split()[1]) for ln in f if ln.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+
+
 @dataclass
 class Summary:
     run_id: str
@@ -40,6 +55,11 @@ class Summary:
     elsewhere: int = 0  # measured by another sweep sharing the store meanwhile
     other_settings: int = 0  # kept from rows measured with other measure settings
     device_name: str | None = None  # the (first) device's model
+    before_s: float | None = None  # process start to the cluster's start: interpreter, imports, config
+    compact_s: float = 0.0  # after the last row: the dataset's compaction
+    report_s: float = 0.0  # ... the tables, plots and page
+    close_s: float = 0.0  # ... the device workers, the cluster and the fork server going (beside the two above)
+    command_s: float | None = None  # process start to the end of all of it
 
     @property
     def efficiency(self) -> float:
@@ -49,6 +69,16 @@ class Summary:
     def count(self, row: dict) -> None:
         self.statuses[row["status"]] = self.statuses.get(row["status"], 0) + 1
         self.measure_s += row.get("measure_s") or 0.0
+
+    def command_line(self) -> str:
+        """Where the whole command's time went, for the fixed parts around the cells."""
+        after = max(0.0, (self.command_s or 0.0) - (self.before_s or 0.0) - self.start_s - self.wall_s)
+        whole = f"{self.command_s:.1f} s" if self.command_s is not None else "?"
+        before = f"{self.before_s:.1f} s" if self.before_s is not None else "?"
+        return (f"the whole command: {whole}: {before} before the cluster (interpreter, imports, config), "
+                f"{self.start_s:.1f} s start (cluster, device workers), {self.wall_s:.1f} s of cells, {after:.1f} s "
+                f"after the last row (compaction {self.compact_s:.1f} s, report {self.report_s:.1f} s; closing the "
+                f"devices and the cluster {self.close_s:.1f} s, beside them)")
 
     def line(self) -> str:
         ran = sum(self.statuses.values())

@@ -1,6 +1,7 @@
 """What this device can do at best, measured once per device and run: the matmul rate in each
 dtype of the grid and the memory bandwidth. A cell's TFLOP/s and bytes per second are then
-a share of these (``pct_of_compute_ceiling``, ``pct_of_bandwidth_ceiling``): the roofline.
+a share of these (``pct_of_compute_ceiling``, ``pct_of_bandwidth_ceiling``: ``orchestrator.rows.shares``,
+on the driver, which never imports torch): the roofline.
 
 GPU: a square matmul large enough to fill the chip (8192 for half types, 4096 for float32;
 torch's default float32 matmul, no TF32), and a 1 GiB device-to-device copy counted as bytes
@@ -58,16 +59,3 @@ def measure(dtypes, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out | {"seconds": time.perf_counter() - t0}
-
-
-def shares(row: dict, ceiling: dict | None) -> dict:
-    """The roofline columns of a measured row, from its device's ceilings."""
-    if not ceiling or row.get("status") != "ok" or not row.get("median_ms"):
-        return {}
-    tflops = ceiling["tflops"].get(row["dtype"])
-    cols = {"ceiling_tflops": tflops, "ceiling_gbps": ceiling["gbps"]}
-    if tflops and row.get("tflops") is not None:
-        cols["pct_of_compute_ceiling"] = 100 * row["tflops"] / tflops
-    if row.get("bytes"):
-        cols["pct_of_bandwidth_ceiling"] = 100 * row["bytes"] / (row["median_ms"] / 1e3) / 1e9 / ceiling["gbps"]
-    return cols

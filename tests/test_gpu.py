@@ -162,13 +162,14 @@ def test_nvml_memory_is_the_kernels_not_the_accuracy_references():
 
 
 def test_ceilings_and_shares_are_plausible():
+    from orchestrator.rows import shares as roofline
     from tasks import ceilings
 
     c = ceilings.measure(["bfloat16", "float32"], torch.device("cuda", 0))
     assert 100 < c["tflops"]["bfloat16"] < 5000 and c["tflops"]["float32"] < c["tflops"]["bfloat16"]
     assert 500 < c["gbps"] < 20000 and c["seconds"] < 5
     row = run_cell(spec("cudnn", seq=8192))
-    shares = ceilings.shares({**row, "dtype": "bfloat16"}, c)  # the driver adds the cell's parameters
+    shares = roofline({**row, "dtype": "bfloat16"}, c)  # the driver adds the cell's parameters
     assert 1 < shares["pct_of_compute_ceiling"] < 100
     assert 0 < shares["pct_of_bandwidth_ceiling"] < 100
 

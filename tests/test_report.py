@@ -237,6 +237,69 @@ def test_seed_bar_charts_and_html_images(smoke_df, tmp_path):
     assert "<img" in page and "src='lines_" not in page  # nothing outside the page
 
 
+def figure_files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.suffix in (".csv", ".svg", ".png")}
+
+
+def test_plotters_started_ahead_draw_the_same_figures(tmp_path):
+    """A sweep on GPUs starts its report's plotting processes with its cluster; the report hands
+    them the figures and writes its tables meanwhile. The files are those of a report that draws
+    them itself, byte for byte (SVG and CSV; the PNGs are checked as images)."""
+    from orchestrator.plotters import Plotters
+
+    df = report.complete(pd.DataFrame(gpu_rows(batch_sizes=(1, 8, 32))))
+    plotters = Plotters(3)
+    procs = list(plotters.procs)
+    try:
+        ahead = report.write(df, tmp_path / "ahead", title="t", sweep_name="full", plotters=plotters)
+    finally:
+        plotters.close()
+    assert all(p.returncode == 0 for p in procs)  # each drew its figure and left when told
+    here = report.write(df, tmp_path / "here", title="t", sweep_name="full")
+    files = figure_files(tmp_path / "ahead")
+    assert len([f for f in files if f.endswith(".png")]) == 3
+    assert files.keys() == figure_files(tmp_path / "here").keys()
+    assert {k: v for k, v in files.items() if not k.endswith(".png")} == \
+        {k: v for k, v in figure_files(tmp_path / "here").items() if not k.endswith(".png")}
+    for p in ahead["images"]:
+        check_png(p)
+    assert (tmp_path / "ahead" / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert ahead["summary"].read_text().replace("ahead", "here") == here["summary"].read_text()
+
+
+def test_a_plotting_process_that_died_leaves_its_figures_to_the_report(tmp_path, caplog):
+    from orchestrator.plotters import Plotters
+
+    df = report.complete(pd.DataFrame(gpu_rows(batch_sizes=(1, 8))))
+    plotters = Plotters(2)
+    plotters.procs[1].kill()
+    try:
+        res = report.write(df, tmp_path, title="t", sweep_name="full", plotters=plotters)
+    finally:
+        plotters.close()
+    assert len(res["images"]) == 2
+    for p in res["images"]:
+        check_png(p)
+    assert "a plotting process failed" in caplog.text and "drawing its 1 figure(s) here" in caplog.text
+
+
+def test_plotters_are_started_ahead_only_for_cells_on_gpus(tmp_path):
+    """On this machine's CPUs their start would share the cores with cells being timed."""
+    from orchestrator.driver import plot_ahead
+
+    full = make_cfg("+sweep=full", "grid.dtypes=[bfloat16]", "grid.head_dims=[64,128]")
+    ahead = plot_ahead(full, str(tmp_path), "H100")
+    try:
+        assert len(ahead.procs) == 6  # a figure per batch size and head size
+    finally:
+        ahead.close()
+    assert plot_ahead(full, str(tmp_path), "cpu") is None
+    assert plot_ahead(make_cfg("+sweep=full", "run.device=cpu"), str(tmp_path), "H100") is None
+    assert plot_ahead(make_cfg("+sweep=full", "report.plots=false"), str(tmp_path), "H100") is None
+    assert plot_ahead(full, None, "H100") is None
+
+
 def test_device_comparison(smoke_dataset, tmp_path):
     """The same cells on a second GPU model: the report puts them side by side."""
     store = Store(tmp_path / "two")

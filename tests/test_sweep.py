@@ -1,10 +1,12 @@
 """A smoke sweep end to end on a real local Ray cluster into a real parquet dataset."""
 
 import re
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
-from conftest import each_row_once, ensure_ray, make_cfg, run_cli
+from conftest import ROOT, each_row_once, ensure_ray, make_cfg, run_cli
 
 from orchestrator.driver import run
 from orchestrator.grid import expand
@@ -82,12 +84,43 @@ def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
     assert "8 cells, 8 to run" in said and "4 of them cannot run on these devices" in said and "4 to measure" in said
     assert "[4/4] ok" in said and " n64 fwd_bwd on CPU 0: " in said and " n64 on CPU 0: " in said
     assert re.search(r"8 cells run \(4 ok, 4 unsupported\), 0 already done; \d+\.\d s on 1 device", said), said
+    # last, where the whole command's time went: the fixed parts apart from the cells
+    parts = re.fullmatch(r"the whole command: ([\d.]+) s: ([\d.]+) s before the cluster .*, ([\d.]+) s start .*, "
+                         r"([\d.]+) s of cells, ([\d.]+) s after the last row \(compaction [\d.]+ s, report "
+                         r"[\d.]+ s; closing the devices and the cluster [\d.]+ s, beside them\)",
+                         quiet.stdout.splitlines()[-1])
+    assert parts, quiet.stdout.splitlines()[-1]
+    whole, *each = map(float, parts.groups())
+    assert all(x > 0 for x in each) and abs(sum(each) - whole) < 0.2
     assert "Started a local Ray instance" not in said and "Token authentication" not in said
     assert "worker.py" not in said and "(raylet)" not in said
     assert "Started a local Ray instance" in (tmp_path / "run" / "sweep.log").read_text()  # kept, in the run folder
     loud = run_cli("+sweep=smoke", "grid.backends=[math]", "cluster.verbose=true", f"store.path={tmp_path / 'r'}",
                    f"hydra.run.dir={tmp_path / 'run2'}")
     assert loud.returncode == 0 and "Started a local Ray instance" in loud.stdout + loud.stderr
+
+
+DRIVER = """
+import sys
+from hydra import compose, initialize_config_dir
+import orchestrator.config
+from orchestrator.driver import run
+with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
+    cfg = compose("config", overrides=["+sweep=smoke", "store.path={store}", "run.progress=false"])
+summary = run(cfg, {out!r})
+assert summary.statuses == {{"ok": 6}}, summary.statuses
+print("torch" in sys.modules)
+"""
+
+
+def test_the_driver_never_imports_torch(tmp_path):
+    """The driver dispatches, records rows (with their roofline shares) and reports: none of it
+    needs torch. The first row used to import it (the shares lived beside the ceilings' torch
+    code): on a GPU machine, 3 s in which no cell was dispatched."""
+    code = DRIVER.format(conf=str(ROOT / "conf"), store=tmp_path / "r", out=str(tmp_path / "run"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 @pytest.mark.slow
