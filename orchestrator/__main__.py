@@ -5,7 +5,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from orchestrator import cli, config  # noqa: F401  (config registers the schema conf/config.yaml names)
+from orchestrator import cli, config, forkserver  # noqa: F401  (config registers the schema conf/config.yaml names)
 
 
 @hydra.main(version_base="1.3", config_path=cli.CONF, config_name="config")
@@ -19,6 +19,8 @@ def app(cfg) -> None:
 
 
 def main() -> None:
+    if not set(sys.argv[1:]) & cli.NO_RUN:
+        forkserver.start_early()  # the cells' fork server imports torch while Hydra composes the config
     cli.run(app)
 
 

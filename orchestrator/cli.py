@@ -24,6 +24,7 @@ def conf_dir() -> str:
 
 
 CONF = conf_dir()
+NO_RUN = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc"}
 
 
 def console() -> None:

@@ -220,7 +220,10 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     auth.prepare(address, ConfigError)  # before Ray is imported
     fork = None
     if cfg.run.isolation == "pool" and not address:  # its imports (seconds) overlap Ray's start
-        fork = forkserver.start(log=os.path.join(output_dir, "cells.log") if output_dir else None)
+        log_file = os.path.join(output_dir, "cells.log") if output_dir else None
+        fork = forkserver.take_early(log_file) or forkserver.start(log=log_file)
+    else:
+        forkserver.discard_early()
     from orchestrator.session import Session  # Ray is imported only once the config is known good
 
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")

@@ -18,6 +18,7 @@ No Ray here.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -34,6 +35,8 @@ import threading
 from multiprocessing import reduction
 
 PRELOAD = ["tasks.preload"]  # torch, the cell code, and what cells import lazily
+EARLY_LOG = "early.log"  # where an early server writes until it is told the run's log
+_early: tuple[str, subprocess.Popen] | None = None
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
@@ -109,8 +112,9 @@ def _leave(signum, frame):
 
 
 def _remove(address: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(address)
+    for f in (address, os.path.join(os.path.dirname(address), EARLY_LOG)):
+        with contextlib.suppress(OSError):
+            os.unlink(f)
     with contextlib.suppress(OSError):
         os.rmdir(os.path.dirname(address))
 
@@ -128,10 +132,18 @@ def _serve(listener: socket.socket, preload: list[str]) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     clients: dict[socket.socket, set[int]] = {}
     owner: dict[int, socket.socket] = {}
+    said = b""
     while True:
         ready, _, _ = select.select([listener, sys.stdin, wake_r, *clients], [], [])
-        if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
-            return  # whoever started us is gone; our children follow (PDEATHSIG)
+        if sys.stdin in ready:
+            got = os.read(sys.stdin.fileno(), 4096)
+            if not got:
+                return  # whoever started us is gone; our children follow (PDEATHSIG)
+            said += got
+            while b"\n" in said:
+                line, said = said.split(b"\n", 1)
+                if line.startswith(b"log "):
+                    _log_to(line[4:].decode())
         if wake_r in ready:
             os.read(wake_r, 4096)
             _reap(owner)
@@ -155,6 +167,21 @@ def _serve(listener: socket.socket, preload: list[str]) -> None:
                 _send(c, ("forked", pid))
 
 
+def _log_to(path: str) -> None:
+    """From now on, this server's output and its children's go to path; what it wrote before
+    (its imports' warnings) is copied there first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    with contextlib.suppress(OSError), open(f"/proc/self/fd/{sys.stderr.fileno()}", "rb") as before:
+        if before.seekable():
+            os.write(fd, before.read())
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _reap(owner: dict) -> None:
     while True:
         try:
@@ -172,11 +199,12 @@ def _reap(owner: dict) -> None:
 # ----------------------------------------------------------------------------- the client side
 
 
-def start(preload: list[str] = PRELOAD, log: str | None = None) -> tuple[str, subprocess.Popen]:
+def start(preload: list[str] = PRELOAD, log: str | None = None, address: str | None = None
+          ) -> tuple[str, subprocess.Popen]:
     """Start a server now (its imports continue in the background); returns (address, process).
     Keep the process object: the server lives while its stdin pipe is open. What the server and
     its children print goes to ``log`` (a file), not to the caller's terminal."""
-    address = os.path.join(tempfile.mkdtemp(prefix="attn-fork-"), "s")
+    address = address or os.path.join(tempfile.mkdtemp(prefix="attn-fork-"), "s")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     if log:
         os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
@@ -188,6 +216,43 @@ def start(preload: list[str] = PRELOAD, log: str | None = None) -> tuple[str, su
         if log:
             out.close()
     return address, proc
+
+
+def start_early() -> None:
+    """Start a server as the command starts, before its config is composed: its imports (6-7 s
+    on an H100 machine) then overlap the command's own start as well as Ray's. ``take_early``
+    hands it to the run that wants one; an unclaimed one is stopped when this process exits."""
+    global _early
+    if _early is None:
+        address = os.path.join(tempfile.mkdtemp(prefix="attn-fork-"), "s")
+        _early = start(log=os.path.join(os.path.dirname(address), EARLY_LOG), address=address)
+        atexit.register(discard_early)
+
+
+def take_early(log: str | None = None) -> tuple[str, subprocess.Popen] | None:
+    """The server ``start_early`` started, now this caller's (its output from now on in ``log``),
+    or None when there is none (or it has died)."""
+    global _early
+    server, _early = _early, None
+    if server is None:
+        return None
+    if server[1].poll() is not None:
+        stop(*server)
+        return None
+    if log:
+        with contextlib.suppress(OSError):
+            server[1].stdin.write(f"log {os.path.abspath(log)}\n".encode())
+            server[1].stdin.flush()
+    return server
+
+
+def discard_early() -> None:
+    """Stop an early server nobody took (a run that joins a cluster, runs cells as Ray tasks, or
+    never started)."""
+    global _early
+    server, _early = _early, None
+    if server is not None:
+        stop(*server)
 
 
 def stop(address: str, proc: subprocess.Popen) -> None:

@@ -1,12 +1,16 @@
 """A smoke sweep end to end on a real local Ray cluster into a real parquet dataset."""
 
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
-from conftest import ROOT, each_row_once, ensure_ray, make_cfg, run_cli
+from conftest import ROOT, each_row_once, ensure_ray, make_cfg, run_cli, stderr_lines
 
 from orchestrator.driver import run
 from orchestrator.grid import expand
@@ -98,6 +102,30 @@ def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
     loud = run_cli("+sweep=smoke", "grid.backends=[math]", "cluster.verbose=true", f"store.path={tmp_path / 'r'}",
                    f"hydra.run.dir={tmp_path / 'run2'}")
     assert loud.returncode == 0 and "Started a local Ray instance" in loud.stdout + loud.stderr
+
+
+def test_the_fork_server_starts_with_the_command_and_leaves_nothing_behind(tmp_path):
+    """`python -m orchestrator` starts the cells' fork server before Hydra composes the config (its
+    imports then overlap the command's own start). The run takes it over: its cells' output lands
+    in the run folder's cells.log, off the terminal. A run with no use for it (cells as Ray tasks)
+    and a refused config leave no process and no folder of it behind."""
+    tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short: Ray's socket paths live under it too
+    env = {"TMPDIR": str(tmp), "PYTHONFAULTHANDLER": "1"}  # a segfaulting cell then says so on its stderr
+    try:
+        crash = run_cli("+sweep=faults", "grid.backends=[math,fault_segfault]", "run.retries=0",
+                        f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+        assert crash.returncode == 0, crash.stderr[-2000:]
+        assert "Segmentation fault" in (tmp_path / "run" / "cells.log").read_text()
+        assert "Segmentation fault" not in crash.stdout + crash.stderr
+        task = run_cli("+sweep=smoke", "grid.backends=[math]", "run.isolation=task", f"store.path={tmp_path / 'r'}",
+                       f"hydra.run.dir={tmp_path / 'run2'}", env=env)
+        assert task.returncode == 0, task.stderr[-2000:]
+        bad = run_cli("+sweep=smoke", "run.isolation=threads", env=env)
+        assert bad.returncode == 2 and len(stderr_lines(bad)) == 1, bad.stderr
+        assert not list(tmp.glob("attn-fork-*"))
+        assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp) in " ".join(p.info["cmdline"] or [])]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 DRIVER = """
