@@ -28,7 +28,7 @@ from orchestrator.errors import Interrupted, StoreWriteError
 from orchestrator.grid import Cell, expand
 from orchestrator.rows import shares
 from orchestrator.store import Store, StoreError
-from orchestrator.summary import Summary, process_age_s
+from orchestrator.summary import Summary, process_started_at
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +202,15 @@ def plan(cfg, default_target: str = "any") -> list[Cell]:
     return expand(cfg, default_target)
 
 
+_ran_before = False  # a run in this process before: the next one's time counts from its call (multirun)
+
+
 def run(cfg, output_dir: str | None = None) -> Summary:
     """The sweep as a plain function. Raises ConfigError (bad input or a cluster that cannot run
     it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError."""
+    global _ran_before
+    began_at = time.time() if _ran_before else process_started_at()
+    _ran_before = True
     from orchestrator import cli
 
     cli.console()
@@ -226,7 +232,7 @@ def run(cfg, output_dir: str | None = None) -> Summary:
         forkserver.discard_early()
     from orchestrator.session import Session  # Ray is imported only once the config is known good
 
-    summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
+    summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", began_at=began_at)
     plotters = None
     try:
         with Session(cfg, store, summary, fork) as session:
@@ -239,9 +245,8 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     finally:
         if plotters is not None:
             plotters.close()
-    age = process_age_s()
-    if age is not None and summary.before_s is not None:
-        summary.command_s = age
+    if summary.before_s is not None:
+        summary.command_s = time.time() - summary.began_at
         log.info(summary.command_line())
     return summary
 

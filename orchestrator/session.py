@@ -24,7 +24,7 @@ from orchestrator.errors import Interrupted
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
 from orchestrator.grid import Cell
 from orchestrator.progress import Progress
-from orchestrator.summary import cost_estimate, process_age_s
+from orchestrator.summary import cost_estimate
 from tasks.flops import cell_flops
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ class Session:
 
     def _enter(self) -> None:
         t0 = time.perf_counter()
-        self.summary.before_s = process_age_s()
+        if self.summary.began_at is not None:
+            self.summary.before_s = time.time() - self.summary.began_at
         c, r = self.cfg.cluster, self.cfg.run
         joining = bool(c.address or os.environ.get("RAY_ADDRESS"))
         if not joining:

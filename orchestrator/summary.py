@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 
 from orchestrator.grid import Cell
@@ -29,9 +28,9 @@ def cost_estimate(cell: Cell, measure, flops: float) -> float:
     return CELL_OVERHEAD_S + measure.warmup_ms / 1e3 + 6 * call_s + timed
 
 
-def process_age_s() -> float | None:
-    """Seconds since this process started (the interpreter's start included), from /proc; None
-    where there is no /proc."""
+def process_started_at() -> float | None:
+    """When this process started (the interpreter's start included; epoch seconds), from /proc;
+    None where there is no /proc."""
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
@@ -39,7 +38,7 @@ def process_age_s() -> float | None:
             boot = next(int(ln.split()[1]) for ln in f if ln.startswith("btime "))
     except (OSError, ValueError, IndexError, StopIteration):
         return None
-    return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -55,11 +54,12 @@ class Summary:
     elsewhere: int = 0  # measured by another sweep sharing the store meanwhile
     other_settings: int = 0  # kept from rows measured with other measure settings
     device_name: str | None = None  # the (first) device's model
-    before_s: float | None = None  # process start to the cluster's start: interpreter, imports, config
+    began_at: float | None = None  # epoch seconds: the process's start (its first run), else the run's call
+    before_s: float | None = None  # from began_at to the cluster's start: interpreter, imports, config
     compact_s: float = 0.0  # after the last row: the dataset's compaction
     report_s: float = 0.0  # ... the tables, plots and page
     close_s: float = 0.0  # ... the device workers, the cluster and the fork server going (beside the two above)
-    command_s: float | None = None  # process start to the end of all of it
+    command_s: float | None = None  # from began_at to the end of all of it
 
     @property
     def efficiency(self) -> float:

@@ -214,3 +214,27 @@ def test_one_process_for_many_gpu_cells_carries_nothing_of_the_previous_cell(tmp
     for _, r in df.iterrows():  # this cell's memory, the context and the loaded kernels; nothing of the cell before
         assert r.nvml_process_peak_bytes <= r.peak_reserved_bytes + r.nvml_context_bytes + (512 << 20), r.backend
         assert r.peak_reserved_bytes == big or r.nvml_process_peak_bytes < big, r.backend
+
+
+def test_one_process_takes_compiled_and_training_cells_in_turn(tmp_path):
+    """run.cells_per_process=0 with a compiled backend (flex: torch.compile) and forward-backward
+    cells: each is measured cleanly in the one process, compiles afresh (torch.compile's caches
+    are cleared after a compiled cell) and carries no memory of the cells before it (autograd's
+    saved tensors, compiled graphs)."""
+    import pandas as pd
+    from conftest import ensure_ray, make_cfg
+
+    from orchestrator.driver import run
+
+    ensure_ray(torch.cuda.device_count())
+    s = run(make_cfg("+sweep=seed", "grid.backends=[flex,flash,math]", "grid.modes=[fwd,fwd_bwd]",
+                     "grid.seq_lens=[512,2048]", "grid.batch_sizes=[2]", "run.cells_per_process=0",
+                     store=tmp_path / "r"))
+    df = pd.read_parquet(tmp_path / "r")
+    assert s.statuses == {"ok": 12}, df[["backend", "mode", "status", "error"]]
+    assert (df.groupby("gpu_uuid").pid.nunique() == 1).all() and df.process_cell.max() >= 4
+    flex = df[df.backend == "flex"]
+    assert flex.compile_s.notna().all() and (flex.compile_s > 0).all()
+    for _, r in df.iterrows():
+        assert r.nvml_process_peak_bytes <= r.peak_reserved_bytes + r.nvml_context_bytes + (768 << 20), \
+            (r.backend, r.mode, r.seq_len, r.process_cell)

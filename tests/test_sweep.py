@@ -75,6 +75,11 @@ def test_multirun_lands_every_job_in_one_dataset(tmp_path):
     assert sorted(df.batch_size.unique()) == [1, 2]
     assert df.run_id.nunique() == 2 and len(df) == 4 and (df.status == "ok").all()
     each_row_once(store, cells=4)  # pandas, pyarrow, DuckDB and polars alike
+    # each job's account of its time is its own: the second's start does not hold the first job
+    (first, first_before), (second, second_before) = [
+        tuple(map(float, re.search(r"whole command: ([\d.]+) s: ([\d.]+) s before", ln).groups()))
+        for ln in proc.stdout.splitlines() if "the whole command:" in ln]
+    assert second_before < first - first_before, proc.stdout
 
 
 @pytest.mark.slow
