@@ -7,19 +7,25 @@ from hydra.core.hydra_config import HydraConfig
 
 from orchestrator import cli, config, forkserver  # noqa: F401  (config registers the schema conf/config.yaml names)
 
+_jobs = 0  # runs of this command so far: the first one's time counts from the process start (multirun)
+
 
 @hydra.main(version_base="1.3", config_path=cli.CONF, config_name="config")
 def app(cfg) -> None:
+    global _jobs
     from orchestrator import driver
+    from orchestrator.summary import process_started_at
 
+    began_at = process_started_at() if _jobs == 0 else None
+    _jobs += 1
     cli.console()
-    code = driver.main(cfg, HydraConfig.get().runtime.output_dir)
+    code = driver.main(cfg, HydraConfig.get().runtime.output_dir, began_at)
     if code:
         sys.exit(code)
 
 
 def main() -> None:
-    if not set(sys.argv[1:]) & cli.NO_RUN:
+    if cli.runs_cells_here(sys.argv[1:]):
         forkserver.start_early()  # the cells' fork server imports torch while Hydra composes the config
     cli.run(app)
 

@@ -24,7 +24,19 @@ def conf_dir() -> str:
 
 
 CONF = conf_dir()
-NO_RUN = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc"}
+NO_RUN = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--resolve",
+          "--shell-completion", "-sc"}
+
+
+def runs_cells_here(args: list[str]) -> bool:
+    """Whether ``python -m orchestrator ARGS`` will likely run cells in processes forked on this
+    machine (a sweep in pool isolation on a private cluster): then its fork server may start
+    before the config is composed. A wrong guess costs a process that is stopped unused, or a
+    fork server started a little later."""
+    if os.environ.get("RAY_ADDRESS") or any(a.split("=")[0] in NO_RUN for a in args):
+        return False
+    return not any(a.startswith(("cluster.address=", "run.isolation=task")) and a != "cluster.address=null"
+                   for a in args)
 
 
 def console() -> None:

@@ -163,10 +163,11 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def _stop_helpers(grace_s: float = 0.2) -> None:
-    """SIGTERM to the monitor, log monitor and dashboard of the cluster this process started
-    (none for a joined one), SIGKILL to those still there after grace_s. The raylet and the GCS
-    are left to ray.shutdown, which stops them after the driver has disconnected."""
+def _stop_helpers(grace_s: float = 0.5) -> None:
+    """SIGKILL to the autoscaler's monitor (on SIGTERM it reports itself failed, on the terminal),
+    SIGTERM to the log monitor and the dashboard, of the cluster this process started (none for
+    a joined one); SIGKILL to those still there after grace_s. The raylet and the GCS are left to
+    ray.shutdown, which stops them after the driver has disconnected."""
     node = getattr(ray._private.worker, "_global_node", None)
     if node is None or not node.is_head():
         return
@@ -174,7 +175,7 @@ def _stop_helpers(grace_s: float = 0.2) -> None:
              for i in getattr(node, "all_processes", {}).get(kind, [])]
     for kind, p in procs:
         with contextlib.suppress(OSError):
-            p.kill() if kind == "monitor" else p.terminate()  # on SIGTERM it reports itself failed, to the terminal
+            p.kill() if kind == "monitor" else p.terminate()
     deadline = time.monotonic() + grace_s
     for _, p in procs:
         try:

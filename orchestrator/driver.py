@@ -28,7 +28,7 @@ from orchestrator.errors import Interrupted, StoreWriteError
 from orchestrator.grid import Cell, expand
 from orchestrator.rows import shares
 from orchestrator.store import Store, StoreError
-from orchestrator.summary import Summary, process_started_at
+from orchestrator.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +202,12 @@ def plan(cfg, default_target: str = "any") -> list[Cell]:
     return expand(cfg, default_target)
 
 
-_ran_before = False  # a run in this process before: the next one's time counts from its call (multirun)
-
-
-def run(cfg, output_dir: str | None = None) -> Summary:
+def run(cfg, output_dir: str | None = None, began_at: float | None = None) -> Summary:
     """The sweep as a plain function. Raises ConfigError (bad input or a cluster that cannot run
-    it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError."""
-    global _ran_before
-    began_at = time.time() if _ran_before else process_started_at()
-    _ran_before = True
+    it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError. ``began_at``
+    (epoch seconds; now if not given): where the account of the run's time starts (the command's
+    process start, for its first run)."""
+    began_at = began_at or time.time()
     from orchestrator import cli
 
     cli.console()
@@ -236,8 +233,9 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     plotters = None
     try:
         with Session(cfg, store, summary, fork) as session:
-            plotters = plot_ahead(cfg, output_dir, session.default_target)
-            planner = sweep(cfg, store, summary, session, output_dir)
+            planner = planner_for(cfg, session.default_target)
+            plotters = plot_ahead(cfg, output_dir, session.default_target, planner)
+            sweep(cfg, store, summary, session, planner, output_dir)
         try:
             finish(cfg, store, summary, planner, output_dir, plotters)
         finally:
@@ -251,23 +249,20 @@ def run(cfg, output_dir: str | None = None) -> Summary:
     return summary
 
 
-def plot_ahead(cfg, output_dir: str | None, default_target: str):
+def plot_ahead(cfg, output_dir: str | None, default_target: str, planner):
     """The report's plotting processes, started now (their imports take a second or two) so that
     the report only draws: where its figures are wanted and the cells run on GPUs (on this
     machine's CPUs, the processes' start would share the cores with cells being timed)."""
     on_gpus = default_target != "cpu" and cfg.run.device != "cpu"
     if not (cfg.report.enabled and cfg.report.plots and output_dir and on_gpus) or cfg.capacity.enabled:
         return None
-    from orchestrator.plotters import Plotters
+    from orchestrator.plotters import Plotters, figures
 
-    cells = expand(cfg, default_target)
-    figures = len({(c.workload, c.mode, c.dtype, c.causal, c.head_dim, c.num_heads, c.batch_size) for c in cells})
-    return Plotters(figures * (3 if cfg.sweep_name == "seed" else 1))
+    return Plotters(figures(planner.cells, seed=cfg.sweep_name == "seed"))
 
 
-def sweep(cfg, store: Store, summary: Summary, session, output_dir: str | None):
-    """The rounds of cells, once the cluster is up; returns the planner."""
-    planner = planner_for(cfg, session.default_target)
+def sweep(cfg, store: Store, summary: Summary, session, planner, output_dir: str | None) -> None:
+    """The rounds of the planner's cells, once the cluster is up."""
     store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
                                     "config": OmegaConf.to_container(cfg, resolve=True)})
     session.start_devices(planner.targets())
@@ -278,7 +273,6 @@ def sweep(cfg, store: Store, summary: Summary, session, output_dir: str | None):
     finally:
         summary.wall_s = time.perf_counter() - t0
         store.claims.end_run(summary.run_id)
-    return planner
 
 
 def finish(cfg, store: Store, summary: Summary, planner, output_dir: str | None, plotters=None) -> None:
@@ -327,11 +321,11 @@ def exit_code(cfg, summary: Summary) -> int:
     return 0
 
 
-def main(cfg, output_dir: str | None) -> int:
+def main(cfg, output_dir: str | None, began_at: float | None = None) -> int:
     """``python -m orchestrator``: the sweep, with every way it can end turned into an exit code
     and one line (never a traceback for input, a cluster, signals or a full disk)."""
     try:
-        summary = run(cfg, output_dir)
+        summary = run(cfg, output_dir, began_at)
     except ConfigError as exc:
         log.error("error: %s", exc)
         return 2

@@ -143,7 +143,7 @@ def _serve(listener: socket.socket, preload: list[str]) -> None:
             while b"\n" in said:
                 line, said = said.split(b"\n", 1)
                 if line.startswith(b"log "):
-                    _log_to(line[4:].decode())
+                    _log_to(line[4:].decode(errors="surrogateescape"))
         if wake_r in ready:
             os.read(wake_r, 4096)
             _reap(owner)
@@ -168,15 +168,25 @@ def _serve(listener: socket.socket, preload: list[str]) -> None:
 
 
 def _log_to(path: str) -> None:
-    """From now on, this server's output and its children's go to path; what it wrote before
-    (its imports' warnings) is copied there first."""
+    """From now on, this server's output and its children's go to path (the run's log); what it
+    wrote before (its imports' warnings) is moved there first. If path cannot be written, the
+    output stays where it was, and the server serves all the same."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    with contextlib.suppress(OSError), open(f"/proc/self/fd/{sys.stderr.fileno()}", "rb") as before:
-        if before.seekable():
-            os.write(fd, before.read())
+    try:
+        before = os.readlink("/proc/self/fd/2")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except (OSError, ValueError) as exc:
+        print(f"fork server: cannot write the run's log {path} ({exc}); its output stays here", file=sys.stderr,
+              flush=True)
+        return
+    with contextlib.suppress(OSError), open(before, "rb") as f:
+        os.write(fd, f.read())
+    if os.path.basename(before) == EARLY_LOG:
+        with contextlib.suppress(OSError):
+            os.unlink(before)
+    os.write(fd, f"fork server (pid {os.getpid()}, started with the command): this run's cells from here\n".encode())
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -240,8 +250,9 @@ def take_early(log: str | None = None) -> tuple[str, subprocess.Popen] | None:
         stop(*server)
         return None
     if log:
+        server[1].run_log = os.path.abspath(log)  # what it wrote before it reads this: see stop
         with contextlib.suppress(OSError):
-            server[1].stdin.write(f"log {os.path.abspath(log)}\n".encode())
+            server[1].stdin.write(f"log {server[1].run_log}\n".encode(errors="surrogateescape"))
             server[1].stdin.flush()
     return server
 
@@ -257,9 +268,17 @@ def discard_early() -> None:
 
 def stop(address: str, proc: subprocess.Popen) -> None:
     """Stop a server that ``start`` started (its children die with it) and remove its socket
-    and the folder made for it, so that no run leaves anything in the temporary folder."""
+    and the folder made for it, so that no run leaves anything in the temporary folder. An
+    early server that died before it read where the run's log is (in its imports): what it wrote
+    is moved to that log."""
     proc.kill()
     proc.wait()
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    early = os.path.join(os.path.dirname(address), EARLY_LOG)
+    if getattr(proc, "run_log", None) and os.path.exists(early):
+        with contextlib.suppress(OSError), open(early, "rb") as src, open(proc.run_log, "ab") as dst:
+            dst.write(src.read())
     _remove(address)
 
 

@@ -8,6 +8,8 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 
+SHAPE = ["workload", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]  # a cell's shape
+
 
 @dataclass(frozen=True)
 class Cell:

@@ -19,7 +19,6 @@ from orchestrator.plotters import MOST, Plotters, serve
 from orchestrator.report_plots import METRICS, bars, lines, order
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
 DPI = 200  # the line figure's 8 x 6.4 in: 1600 x 1280 px, sharp on a 1080p slide and in a page column
 
 

@@ -10,10 +10,10 @@ import re
 
 import pandas as pd
 
+from orchestrator.grid import SHAPE
 from orchestrator.report_plots import order
 from orchestrator.report_render import Table
 
-SHAPE = ["workload", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]
 PLATFORM = ["device_name", "torch_version"]
 GROUP = PLATFORM + SHAPE[:-1]  # a table and a figure each; their rows and lines go by seq_len and backend
 FAILED_NOTE = ("oom", "error", "crashed", "timeout")

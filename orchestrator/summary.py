@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from orchestrator.grid import Cell
@@ -33,12 +34,12 @@ def process_started_at() -> float | None:
     None where there is no /proc."""
     try:
         with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/stat") as f:
-            boot = next(int(ln.split()[1]) for ln in f if ln.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, in ticks since boot
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])  # to 10 ms (/proc/stat's btime is whole seconds)
+    except (OSError, ValueError, IndexError):
         return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - (up - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 @dataclass

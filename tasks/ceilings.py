@@ -5,8 +5,9 @@ on the driver, which never imports torch): the roofline.
 
 GPU: a square matmul large enough to fill the chip (8192 for half types, 4096 for float32;
 torch's default float32 matmul, no TF32), and a 1 GiB device-to-device copy counted as bytes
-read plus bytes written. CPU: the same at 1024 and 256 MiB. Each is the median of a few
-timed repeats after one warm-up: about 0.2 s on an H100.
+read plus bytes written. CPU: the same at 1024 (smaller for a dtype the CPU emulates, so that a
+call takes about 10 ms) and 256 MiB. Each is the median of a few timed repeats after one
+warm-up: about 0.2 s on an H100.
 """
 
 from __future__ import annotations
@@ -37,9 +38,23 @@ def _median_s(fn, device: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
+def _cpu_size(dt: torch.dtype, most: int = 1024, enough_s: float = 0.01) -> int:
+    """A CPU matmul size that takes about enough_s: 1024 where the dtype is fast, smaller where
+    it is emulated (float16 on a CPU without it: 1.6 s a 1024 matmul, 12 ms at 256)."""
+    n = 128
+    while n < most:
+        a = torch.randn(n, n, dtype=dt)
+        t0 = time.perf_counter()
+        a @ a
+        if time.perf_counter() - t0 >= enough_s:
+            break
+        n *= 2
+    return n
+
+
 def matmul_tflops(dtype: str, device: torch.device) -> float:
     dt = dtype_of(dtype)
-    n = (8192 if dt != torch.float32 else 4096) if device.type == "cuda" else 1024
+    n = (8192 if dt != torch.float32 else 4096) if device.type == "cuda" else _cpu_size(dt)
     a = torch.randn(n, n, device=device, dtype=dt)
     b = torch.randn(n, n, device=device, dtype=dt)
     return 2 * n**3 / _median_s(lambda: a @ b, device, 5) / 1e12

@@ -63,15 +63,19 @@ def smoke_dataset(tmp_path_factory):
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
-    """`python -m orchestrator ARGS` in a subprocess; returns the CompletedProcess. A None in env
-    unsets that variable."""
+    """`python -m orchestrator ARGS` in a subprocess; returns the CompletedProcess (and its
+    ``wall_s``). A None in env unsets that variable."""
     import subprocess
+    import time
 
     full_env = {k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}.items() if v is not None}
-    return subprocess.run(
+    t0 = time.monotonic()
+    proc = subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+    proc.wall_s = time.monotonic() - t0  # the command as the user waits for it
+    return proc
 
 
 def stderr_lines(proc) -> list[str]:

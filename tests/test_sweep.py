@@ -85,7 +85,7 @@ def test_multirun_lands_every_job_in_one_dataset(tmp_path):
 @pytest.mark.slow
 def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
     quiet = run_cli("+sweep=smoke", "grid.backends=[math,cudnn]", "grid.modes=[fwd,fwd_bwd]",
-                    f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}")
+                    f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}")  # (timed: wall_s)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     said = quiet.stdout + quiet.stderr
     assert quiet.stdout.splitlines()[0] == "cluster: starting a private Ray cluster on this machine"
@@ -93,14 +93,17 @@ def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
     assert "8 cells, 8 to run" in said and "4 of them cannot run on these devices" in said and "4 to measure" in said
     assert "[4/4] ok" in said and " n64 fwd_bwd on CPU 0: " in said and " n64 on CPU 0: " in said
     assert re.search(r"8 cells run \(4 ok, 4 unsupported\), 0 already done; \d+\.\d s on 1 device", said), said
-    # last, where the whole command's time went: the fixed parts apart from the cells
+    # last, where the whole command's time went: the fixed parts apart from the cells, the same
+    # start and cells as the sweep's own line, within the time the command took
     parts = re.fullmatch(r"the whole command: ([\d.]+) s: ([\d.]+) s before the cluster .*, ([\d.]+) s start .*, "
                          r"([\d.]+) s of cells, ([\d.]+) s after the last row \(compaction [\d.]+ s, report "
                          r"[\d.]+ s; closing the devices and the cluster [\d.]+ s, beside them\)",
                          quiet.stdout.splitlines()[-1])
     assert parts, quiet.stdout.splitlines()[-1]
-    whole, *each = map(float, parts.groups())
-    assert all(x > 0 for x in each) and abs(sum(each) - whole) < 0.2
+    whole, before, start, cells, after = map(float, parts.groups())
+    sweep = re.search(r"0 already done; ([\d.]+) s on 1 device\(s\) after a ([\d.]+) s start", said)
+    assert (cells, start) == (float(sweep[1]), float(sweep[2]))
+    assert 0 < before and 0 < after and whole <= quiet.wall_s + 0.1
     assert "Started a local Ray instance" not in said and "Token authentication" not in said
     assert "worker.py" not in said and "(raylet)" not in said
     assert "Started a local Ray instance" in (tmp_path / "run" / "sweep.log").read_text()  # kept, in the run folder
@@ -120,17 +123,32 @@ def test_the_fork_server_starts_with_the_command_and_leaves_nothing_behind(tmp_p
         crash = run_cli("+sweep=faults", "grid.backends=[math,fault_segfault]", "run.retries=0",
                         f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}", env=env)
         assert crash.returncode == 0, crash.stderr[-2000:]
-        assert "Segmentation fault" in (tmp_path / "run" / "cells.log").read_text()
-        assert "Segmentation fault" not in crash.stdout + crash.stderr
+        cells_log = (tmp_path / "run" / "cells.log").read_text()
+        assert "started with the command): this run's cells from here" in cells_log  # the early one
+        assert "Segmentation fault" in cells_log and "Segmentation fault" not in crash.stdout + crash.stderr
         task = run_cli("+sweep=smoke", "grid.backends=[math]", "run.isolation=task", f"store.path={tmp_path / 'r'}",
                        f"hydra.run.dir={tmp_path / 'run2'}", env=env)
         assert task.returncode == 0, task.stderr[-2000:]
         bad = run_cli("+sweep=smoke", "run.isolation=threads", env=env)
         assert bad.returncode == 2 and len(stderr_lines(bad)) == 1, bad.stderr
         assert not list(tmp.glob("attn-fork-*"))
-        assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp) in " ".join(p.info["cmdline"] or [])]
+        servers = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+                   if "orchestrator.forkserver" in (p.info["cmdline"] or [])]
+        assert not [c for c in servers if str(tmp) in " ".join(c)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_fork_server_starts_early_only_for_a_sweep_that_forks_cells_here(monkeypatch):
+    from orchestrator.cli import runs_cells_here
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert runs_cells_here(["+sweep=full", "grid.seq_lens=[512]"]) and runs_cells_here(["cluster.address=null"])
+    for args in (["--help"], ["--cfg=job"], ["--cfg", "job"], ["--info=all"], ["cluster.address=auto"],
+                 ["+sweep=full", "run.isolation=task"]):
+        assert not runs_cells_here(args), args
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert not runs_cells_here(["+sweep=full"])
 
 
 DRIVER = """
