@@ -13,9 +13,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -265,6 +267,8 @@ def sweep(cfg, store: Store, summary: Summary, session, planner, output_dir: str
     """The rounds of the planner's cells, once the cluster is up."""
     store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
                                     "config": OmegaConf.to_container(cfg, resolve=True)})
+    if cfg.report.enabled and output_dir:  # its imports (matplotlib: 0.3-0.6 s) while the device workers start
+        threading.Thread(target=importlib.import_module, args=("orchestrator.report",), daemon=True).start()
     session.start_devices(planner.targets())
     rounds = Rounds(cfg, store, session, RunLog(cfg, store, summary, session), planner)
     t0 = time.perf_counter()
