@@ -236,7 +236,7 @@ def run(cfg, output_dir: str | None = None, began_at: float | None = None) -> Su
     try:
         with Session(cfg, store, summary, fork) as session:
             planner = planner_for(cfg, session.default_target)
-            plotters = plot_ahead(cfg, output_dir, session.default_target, planner)
+            plotters = report_ahead(cfg, output_dir, session.default_target, planner)
             sweep(cfg, store, summary, session, planner, output_dir)
         try:
             finish(cfg, store, summary, planner, output_dir, plotters)
@@ -251,12 +251,17 @@ def run(cfg, output_dir: str | None = None, began_at: float | None = None) -> Su
     return summary
 
 
-def plot_ahead(cfg, output_dir: str | None, default_target: str, planner):
-    """The report's plotting processes, started now (their imports take a second or two) so that
-    the report only draws: where its figures are wanted and the cells run on GPUs (on this
-    machine's CPUs, the processes' start would share the cores with cells being timed)."""
+def report_ahead(cfg, output_dir: str | None, default_target: str, planner):
+    """What the report will need, readied while the device workers start (nothing is measured
+    yet): its modules (matplotlib: 0.3-0.6 s), imported in a thread; and, where its figures are
+    wanted and the cells run on GPUs, its plotting processes (their imports take a second or
+    two), returned. On this machine's CPUs their start would share the cores with cells being
+    timed."""
+    if not (cfg.report.enabled and output_dir):
+        return None
+    threading.Thread(target=importlib.import_module, args=("orchestrator.report",), daemon=True).start()
     on_gpus = default_target != "cpu" and cfg.run.device != "cpu"
-    if not (cfg.report.enabled and cfg.report.plots and output_dir and on_gpus) or cfg.capacity.enabled:
+    if not (cfg.report.plots and on_gpus) or cfg.capacity.enabled:
         return None
     from orchestrator.plotters import Plotters, figures
 
@@ -267,8 +272,6 @@ def sweep(cfg, store: Store, summary: Summary, session, planner, output_dir: str
     """The rounds of the planner's cells, once the cluster is up."""
     store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
                                     "config": OmegaConf.to_container(cfg, resolve=True)})
-    if cfg.report.enabled and output_dir:  # its imports (matplotlib: 0.3-0.6 s) while the device workers start
-        threading.Thread(target=importlib.import_module, args=("orchestrator.report",), daemon=True).start()
     session.start_devices(planner.targets())
     rounds = Rounds(cfg, store, session, RunLog(cfg, store, summary, session), planner)
     t0 = time.perf_counter()

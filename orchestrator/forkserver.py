@@ -95,24 +95,30 @@ def _child(listener, clients, request, fd) -> None:
 
 def serve(address: str, preload: list[str]) -> None:
     """Serve until whoever started us is gone (stdin closed, or SIGTERM: the parent died); then
-    remove the socket and its folder."""
+    remove the socket and its folder. A server that fails (its imports) keeps an early log for
+    ``stop`` to hand on: its traceback is written after this returns."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     server = os.getpid()
     signal.signal(signal.SIGTERM, _leave)
+    done = False
     try:
         _serve(listener, preload)
+        done = True
+    except SystemExit:
+        done = True
+        raise
     finally:
         if os.getpid() == server:  # not in a child that a signal reached before it reset its handlers
-            _remove(address)
+            _remove(address, early_log=done)
 
 
 def _leave(signum, frame):
     raise SystemExit(0)
 
 
-def _remove(address: str) -> None:
-    for f in (address, os.path.join(os.path.dirname(address), EARLY_LOG)):
+def _remove(address: str, early_log: bool = True) -> None:
+    for f in (address, os.path.join(os.path.dirname(address), EARLY_LOG))[:2 if early_log else 1]:
         with contextlib.suppress(OSError):
             os.unlink(f)
     with contextlib.suppress(OSError):
@@ -228,14 +234,14 @@ def start(preload: list[str] = PRELOAD, log: str | None = None, address: str | N
     return address, proc
 
 
-def start_early() -> None:
+def start_early(preload: list[str] = PRELOAD) -> None:
     """Start a server as the command starts, before its config is composed: its imports (6-7 s
     on an H100 machine) then overlap the command's own start as well as Ray's. ``take_early``
     hands it to the run that wants one; an unclaimed one is stopped when this process exits."""
     global _early
     if _early is None:
         address = os.path.join(tempfile.mkdtemp(prefix="attn-fork-"), "s")
-        _early = start(log=os.path.join(os.path.dirname(address), EARLY_LOG), address=address)
+        _early = start(preload, log=os.path.join(os.path.dirname(address), EARLY_LOG), address=address)
         atexit.register(discard_early)
 
 
@@ -246,11 +252,12 @@ def take_early(log: str | None = None) -> tuple[str, subprocess.Popen] | None:
     server, _early = _early, None
     if server is None:
         return None
-    if server[1].poll() is not None:
+    if log:
+        server[1].run_log = os.path.abspath(log)  # what it wrote before it reads this line: see stop
+    if server[1].poll() is not None:  # it died in its imports: why goes to the run's log
         stop(*server)
         return None
     if log:
-        server[1].run_log = os.path.abspath(log)  # what it wrote before it reads this: see stop
         with contextlib.suppress(OSError):
             server[1].stdin.write(f"log {server[1].run_log}\n".encode(errors="surrogateescape"))
             server[1].stdin.flush()
@@ -277,8 +284,10 @@ def stop(address: str, proc: subprocess.Popen) -> None:
         proc.stdin.close()
     early = os.path.join(os.path.dirname(address), EARLY_LOG)
     if getattr(proc, "run_log", None) and os.path.exists(early):
-        with contextlib.suppress(OSError), open(early, "rb") as src, open(proc.run_log, "ab") as dst:
-            dst.write(src.read())
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(proc.run_log), exist_ok=True)
+            with open(early, "rb") as src, open(proc.run_log, "ab") as dst:
+                dst.write(src.read())
     _remove(address)
 
 

@@ -149,7 +149,7 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
             out.cols["status"] = Status.OK.value
     stay = bool(go.get("stay")) and stays(out.cols)
     cellrun.release(prepared, clear=stay, spec=spec)  # the device's memory back before the next cell prepares
-    conn.send(("result", out.done(t_go)))
+    conn.send(("result", out.done(t_go), stay))  # the runner keeps this process only when it says so
     return stay
 
 
@@ -168,7 +168,7 @@ class Child:
         self.lock = threading.Lock()
         self.started = False
         self.cells = 0  # cells it has measured (more than one with run.cells_per_process)
-        self.stays = False  # told to take another cell after the current one
+        self.stays = False  # it said, with its last result, that it takes another cell
 
     def send(self, *msg) -> None:
         with self.lock, contextlib.suppress(OSError):
@@ -296,7 +296,7 @@ class ForkRunner:
             result = self._run(turn, spec, timeout_s, started)
         finally:
             child = turn.child
-            if child is not None and child.stays and result is not None and stays(result):
+            if child is not None and child.stays and result is not None:
                 self.kept = child  # before the next cell's turn comes
             elif child is not None:
                 with contextlib.suppress(OSError):
@@ -337,16 +337,16 @@ class ForkRunner:
         if not child.started:  # no prewarm: the process starts its device only now
             self._start(child)
         prev = turn.prev.child if turn.prev is not None else None
-        child.stays = self.reuse and (self.per_process == 0 or child.cells + 1 < self.per_process)
-        child.send("go", {"after_pid": prev.pid if prev is not None and prev is not child else None,
-                          "stay": child.stays})
+        ask = self.reuse and (self.per_process == 0 or child.cells + 1 < self.per_process)
+        child.stays = False  # until its result says otherwise
+        child.send("go", {"after_pid": prev.pid if prev is not None and prev is not child else None, "stay": ask})
         child.cells += 1
         place = {"process_cell": child.cells}  # a failed cell's row says it too: was it its process's first?
         t_turn, spawn_s = time.monotonic(), None
         try:
             self._until(child, {"ready"}, t_turn + self.start_timeout_s)
             spawn_s = time.monotonic() - t_turn
-            body = self._until(child, {"result"}, time.monotonic() + timeout_s)[1]
+            _, body, child.stays = self._until(child, {"result"}, time.monotonic() + timeout_s)
             return body | {"spawn_s": spawn_s, "cell_wall_s": time.monotonic() - t_turn}
         except Overrun as exc:
             child.kill()
@@ -363,7 +363,7 @@ class ForkRunner:
             return failure(Status.CRASHED.value, why, started, child.pid) | place
 
     def _until(self, child: Child, kinds: set, deadline: float) -> tuple:
-        """The child's next message of one of these kinds (others are skipped)."""
+        """The child's next message (a tuple) of one of these kinds (others are skipped)."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not child.conn.poll(left):
@@ -372,7 +372,7 @@ class ForkRunner:
             if msg[0] == "start_failed":
                 raise StartFailed(msg[1])
             if msg[0] in kinds:
-                return msg[0], (msg[1] if len(msg) > 1 else None)
+                return msg
 
     def close(self) -> None:
         with self.lock:

@@ -50,8 +50,8 @@ class Pending:
     """Figures being drawn: ``wait`` returns once every one is written (a slice whose process
     failed is drawn in this process)."""
 
-    def __init__(self, owner: Plotters, sent: list[tuple[subprocess.Popen, list[dict]]], tmp):
-        self.owner, self.sent, self.tmp = owner, sent, tmp
+    def __init__(self, owner: Plotters, sent: list[tuple[subprocess.Popen, list[dict]]], tmp, render):
+        self.owner, self.sent, self.tmp, self.render = owner, sent, tmp, render
 
     def wait(self) -> None:
         try:
@@ -61,10 +61,8 @@ class Pending:
                 if answer != "ok":
                     log.warning("report: a plotting process failed (%s); drawing its %d figure(s) here", answer,
                                 len(jobs))
-                    from orchestrator.report_files import render
-
                     for job in jobs:
-                        render(job)
+                        self.render(job)
         finally:
             self.tmp.cleanup()
 
@@ -85,8 +83,9 @@ class Plotters:
             proc.err, proc.answers, proc.said = err, answers_r, b""
             self.procs.append(proc)
 
-    def submit(self, jobs: list[dict]) -> Pending:
-        """Hand out the jobs (``report_files.render``'s), a slice per process; returns at once."""
+    def submit(self, jobs: list[dict], render) -> Pending:
+        """Hand out the jobs, a slice per process; returns at once. ``render`` (``report_files``')
+        draws here what a process could not."""
         tmp = tempfile.TemporaryDirectory(prefix="report-plots-")
         n = min(len(self.procs), len(jobs))
         sent = []
@@ -99,7 +98,7 @@ class Plotters:
                 proc.stdin.flush()
             self.given.add(proc.pid)
             sent.append((proc, part))
-        return Pending(self, sent, tmp)
+        return Pending(self, sent, tmp, render)
 
     @staticmethod
     def answer(proc: subprocess.Popen, deadline: float) -> str:

@@ -5,7 +5,6 @@ writes them), and all of a report's figures drawn in parallel processes (``plott
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from orchestrator.plotters import MOST, Plotters, serve
+from orchestrator.plotters import Plotters, count, serve
 from orchestrator.report_plots import METRICS, bars, lines, order
 
 log = logging.getLogger(__name__)
@@ -50,12 +49,12 @@ def render(job: dict) -> Path:
 def render_all(jobs: list[dict], workers: int | None = None) -> list[Path]:
     """Every job, here; with several jobs and CPUs, slices of them in plotting processes started
     for it (``plotters.py``) beside this one."""
-    workers = min(len(jobs), os.cpu_count() or 1, MOST) if workers is None else workers
+    workers = count(len(jobs)) if workers is None else workers
     if workers < 2 or len(jobs) < 3:
         return [render(j) for j in jobs]
     helpers = Plotters(workers - 1)
     try:
-        pending = helpers.submit([j for i, j in enumerate(jobs) if i % workers])
+        pending = helpers.submit([j for i, j in enumerate(jobs) if i % workers], render)
         for job in jobs[::workers]:
             render(job)
         pending.wait()

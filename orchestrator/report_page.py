@@ -63,7 +63,7 @@ def draw(frame: pd.DataFrame, out: Path, seed: bool, baseline: str, plotters=Non
             figs[name].append({"png": p, "svg": p.with_suffix(".svg"), "csv": [],
                                "caption": f"The seed notebook's {what} chart: {title}."})
     if plotters is not None and jobs:
-        return figs, plotters.submit(jobs)
+        return figs, plotters.submit(jobs, files.render)
     files.render_all(jobs)
     return figs, None
 

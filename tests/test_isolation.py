@@ -297,3 +297,16 @@ def test_the_runner_never_imports_torch(per):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_an_early_fork_server_that_died_in_its_imports_leaves_why_in_the_run_log(tmp_path):
+    """The fork server `python -m orchestrator` starts before its config is known writes to a
+    temporary log until the run names its own. If it dies in its imports, the run finds it dead;
+    its traceback then goes to the run's cells.log, and its folder goes."""
+    forkserver.start_early(preload=["no_such_module_for_this_test"])
+    address, proc = forkserver._early
+    proc.wait(timeout=60)
+    log = tmp_path / "run" / "cells.log"
+    assert forkserver.take_early(str(log)) is None  # the run starts a fork server of its own
+    assert "No module named 'no_such_module_for_this_test'" in log.read_text()
+    assert not os.path.exists(os.path.dirname(address))

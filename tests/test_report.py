@@ -294,21 +294,21 @@ def test_plotters_that_died_or_hang_leave_their_figures_to_the_report(tmp_path, 
 def test_plotters_are_started_ahead_only_for_cells_on_gpus(tmp_path):
     """One per figure (within the CPUs); none where the cells run on this machine's CPUs, whose
     cores their start would share with cells being timed, or where no figure is wanted."""
-    from orchestrator.driver import GridPlanner, plot_ahead
+    from orchestrator.driver import GridPlanner, report_ahead
     from orchestrator.plotters import figures
 
     full = make_cfg("+sweep=full", "grid.dtypes=[bfloat16]", "grid.head_dims=[64,128]")
     assert figures(expand(full, "H100")) == 6  # a figure per batch size and head size
     assert figures(expand(make_cfg("+sweep=seed"), "H100"), seed=True) == 3  # with the seed's two bar charts
     one = make_cfg("+sweep=full", "grid.dtypes=[bfloat16]", "grid.head_dims=[128]", "grid.batch_sizes=[8]")
-    ahead = plot_ahead(one, str(tmp_path), "H100", GridPlanner(one, "H100"))
+    ahead = report_ahead(one, str(tmp_path), "H100", GridPlanner(one, "H100"))
     try:
         assert len(ahead.procs) == 1
     finally:
         ahead.close()
     for cfg, target, out in ((full, "cpu", str(tmp_path)), (make_cfg("+sweep=full", "run.device=cpu"), "H100", "x"),
                              (make_cfg("+sweep=full", "report.plots=false"), "H100", "x"), (full, "H100", None)):
-        assert plot_ahead(cfg, out, target, GridPlanner(cfg, target)) is None
+        assert report_ahead(cfg, out, target, GridPlanner(cfg, target)) is None
 
 
 def test_device_comparison(smoke_dataset, tmp_path):
