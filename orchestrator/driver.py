@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -204,11 +205,22 @@ def plan(cfg, default_target: str = "any") -> list[Cell]:
     return expand(cfg, default_target)
 
 
-def run(cfg, output_dir: str | None = None, began_at: float | None = None) -> Summary:
+def run(cfg, output_dir: str | None = None, began_at: float | None = None, exiting: bool = False) -> Summary:
     """The sweep as a plain function. Raises ConfigError (bad input or a cluster that cannot run
     it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError. ``began_at``
     (epoch seconds; now if not given): where the account of the run's time starts (the command's
-    process start, for its first run)."""
+    process start, for its first run). ``exiting``: the caller's process ends once this returns
+    (the CLI); after SIGINT or SIGTERM, further ones then stay ignored, else their handlers are
+    restored before Interrupted is raised."""
+    try:
+        return _run(cfg, output_dir, began_at)
+    except Interrupted as exc:
+        if not exiting:
+            exc.restore_signals()
+        raise
+
+
+def _run(cfg, output_dir: str | None, began_at: float | None) -> Summary:
     began_at = began_at or time.time()
     from orchestrator import cli
 
@@ -319,6 +331,10 @@ def planner_trials(search) -> list[Cell]:
     return [dataclasses.replace(search.key, seq_len=t["seq_len"]) for t in search.trials]
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def exit_code(cfg, summary: Summary) -> int:
     """1 when a cell of this run ended in a status of run.fail_on, else 0."""
     bad = {s: n for s, n in summary.statuses.items() if s in set(cfg.run.fail_on)}
@@ -330,18 +346,23 @@ def exit_code(cfg, summary: Summary) -> int:
 
 def main(cfg, output_dir: str | None, began_at: float | None = None) -> int:
     """``python -m orchestrator``: the sweep, with every way it can end turned into an exit code
-    and one line (never a traceback for input, a cluster, signals or a full disk)."""
+    and one line (never a traceback for input, a cluster, signals or a full disk). SIGTERM
+    stops it as Ctrl-C does, also outside the cells (compaction, the report), and ends it
+    with 143."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        summary = run(cfg, output_dir, began_at)
+        summary = run(cfg, output_dir, began_at, exiting=True)
     except ConfigError as exc:
         log.error("error: %s", exc)
         return 2
     except Interrupted as exc:
         return 128 + exc.signum
-    except KeyboardInterrupt:  # after the cells (compaction, the report): every row is saved
+    except KeyboardInterrupt as exc:  # outside the cells (compaction, the report): every row is saved
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the process ends: a second Ctrl-C changes nothing
+            signal.signal(sig, signal.SIG_IGN)
         log.warning("interrupted: every row of this run is saved in %s; the report may be missing: "
                     "python -m orchestrator.report makes it", cfg.store.path)
-        return 130
+        return 128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)
     except StoreWriteError as exc:
         log.error("error: cannot write to the dataset %s. Every row written before is kept; run the same "
                   "command again, once it can be written, to measure the rest", exc)

@@ -81,6 +81,7 @@ class Session:
         log.info("cluster: %s", "joining the Ray cluster at " + str(c.address or os.environ["RAY_ADDRESS"])
                  if joining else "starting a private Ray cluster on this machine")
         self.owns_ray = not cluster.ray.is_initialized()
+        self._save_signals()  # before ray.init replaces the caller's SIGTERM handler with its own
         line = cluster.connect(c, prestart_workers=not self.pool)
         self._take_signals()
         self.resources = cluster.resources()
@@ -111,12 +112,17 @@ class Session:
             raise ClusterError(f"run.cpu_workers = {r.cpu_workers}, but the cluster has {res.cpus:g} CPU(s): the "
                                f"extra workers would wait forever; use run.cpu_workers={max(1, int(res.cpus))}")
 
+    def _save_signals(self) -> None:
+        """The caller's handlers, which go back when the session ends (a signal can only be
+        handled in the main thread)."""
+        if threading.current_thread() is threading.main_thread():
+            self._saved_handlers = {sig: h for sig in (signal.SIGINT, signal.SIGTERM)
+                                    if (h := signal.getsignal(sig)) is not None}
+
     def _take_signals(self) -> None:
         """Ray installs a SIGTERM handler that exits mid-call with a C++ dump; ours stops the sweep."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+        for sig in self._saved_handlers:
+            signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame):
         if self.signum is not None:
@@ -135,13 +141,13 @@ class Session:
             self._closer.start()
         else:
             self._close(cut_short=True)
-        for sig, handler in self._saved_handlers.items():
-            signal.signal(sig, handler)
-        if stopping:
+        if stopping:  # the signals stay ignored: the handlers go back with Interrupted.restore_signals
             name = signal.Signals(self.signum).name
             log.warning("interrupted: %s; %d rows of this run saved in %s; run the same command again to resume",
                         name, sum(self.summary.statuses.values()), self.store.path)
-            raise Interrupted(self.signum) from None
+            raise Interrupted(self.signum, self._saved_handlers) from None
+        for sig, handler in self._saved_handlers.items():
+            signal.signal(sig, handler)
         return False
 
     def _close(self, cut_short: bool = False) -> None:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -171,6 +172,83 @@ def test_a_signalled_sweep_stops_cleanly(tmp_path, signals):
     saved = Store(store).read()
     assert len(saved) >= 3
     each_row_once(store, set(saved.row_id))
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_the_sweep_exits_changes_nothing(tmp_path):
+    """The first Ctrl-C's clean-up is done and the process is on its way out (Hydra, the
+    interpreter's exit) when more come, as from a user who keeps pressing it: it still ends
+    with 130 and no traceback."""
+    store = tmp_path / "results"
+    proc = cli(*LONG, f"store.path={store}", f"hydra.run.dir={tmp_path / 'run'}")
+    wait_rows(store, 3, proc)
+    lines: list[str] = []
+    said = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "interrupted:" in line:
+                said.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    os.kill(proc.pid, signal.SIGINT)
+    assert said.wait(120), "".join(lines)[-3000:]
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+        except ProcessLookupError:  # gone: nothing left to cut short
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=10)
+    reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_report_ends_with_143_and_one_line(tmp_path):
+    """After the last row (the summary line; the report follows, a second or so): the rows are
+    kept and the exit says what happened, as during the cells."""
+    store = tmp_path / "results"
+    proc = cli("+sweep=smoke", "grid.backends=[math,eager]", f"store.path={store}",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " cells run (" in line:
+            os.kill(proc.pid, signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + out + err[-3000:]
+    assert "Traceback" not in err and "the report may be missing" in err, err[-3000:]
+    assert len(Store(store).read()) == 4
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_gives_a_library_caller_its_signal_handlers_back(tmp_path):
+    """driver.run in a caller's process: Interrupted, the rows kept, and Ctrl-C the caller's again."""
+    from orchestrator.errors import Interrupted
+
+    store = tmp_path / "results"
+    cfg = make_cfg(*LONG, store=store)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupt() -> None:
+        deadline = time.time() + 180
+        while len(list(store.glob("*.parquet"))) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(Interrupted) as caught:
+        run(cfg, str(tmp_path / "run"))
+    assert caught.value.signum == signal.SIGINT
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert len(Store(store).read()) >= 3
 
 
 # ------------------------------------------------------------------ a full disk, an unwritable store
