@@ -4,6 +4,7 @@
     python benchmarks/agreement.py --runs new,new,old,noprewarm +sweep=full grid.dtypes=[bfloat16] grid.head_dims=[128]
     python benchmarks/agreement.py --runs new:1,new:2               # 1 GPU against 2 (cluster.num_gpus)
     python benchmarks/agreement.py --keep outputs/agreement ...      # keep each run's dataset
+    python benchmarks/agreement.py --runs reuse,reuse_oneset,reuse,reuse_oneset ...  # two settings, interleaved
 
 A run is a kind of settings (``KINDS``), optionally ``:N`` GPUs; each measures the same cells
 into a store of its own (``run.rerun=all``). The first two runs of the first kind give the
@@ -11,7 +12,8 @@ run-to-run spread of the reported median (targets: max 3%, p90 1% over the ok ce
 other run is compared with the first: how far its medians are, and how many of the cells of
 50 us and more agree within 2%. ``old`` is the protocol before this one (each call between
 events, a fixed 500 ms budget); against it the new ``host_median_ms`` (each call between events,
-as old) is compared too, since the new ``median_ms`` is a CUDA-graph replay.
+as old) is compared too, since the new ``median_ms`` is a CUDA-graph replay. Last, every pair
+of runs of one kind, run to run, with its worst cells.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ KINDS = {
     "backtoback": ["measure.duty=1"],  # timed calls unpaced, as before measure.duty
     "task": ["run.isolation=task"],
     "reuse": ["run.cells_per_process=0"],  # one process per device, cell after cell
+    "oneset": ["measure.input_sets=1"],  # short calls timed on their inputs alone, as before measure.input_sets
+    "reuse_oneset": ["run.cells_per_process=0", "measure.input_sets=1"],
 }
 KEY = ["backend", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]
 
@@ -120,6 +124,26 @@ def main() -> None:
                                      "base_limits": base.clock_limits, "limits": other.clock_limits})[over]
                 print(f"  cells of 50 us and more that moved over 3% ({int(over.sum())}), and their clocks:")
                 print(cols.to_string(float_format=lambda x: f"{x:.4f}"))
+
+    pairs_of_each_kind(out)
+
+
+def pairs_of_each_kind(out: dict) -> None:
+    """Run to run, every pair of runs of one kind (``--runs reuse,reuse_oneset,reuse,reuse_oneset``
+    compares settings on the same machine, interleaved): the targets' figures and the worst cells."""
+    import itertools
+
+    kinds: dict[str, list[str]] = {}
+    for name in out:
+        kinds.setdefault(name.split(":", 1)[1], []).append(name)
+    for kind, names in kinds.items():
+        for a, b in itertools.combinations(names, 2):
+            da, db = out[a][1], out[b][1].reindex(out[a][1].index)
+            both = da.status.eq("ok") & db.status.eq("ok")
+            moved = rel(da.median_ms, db.median_ms)[both].sort_values(ascending=False)
+            worst = ", ".join(f"{' '.join(map(str, k[:1] + k[6:]))} {v * 100:.2f}%" for k, v in moved.head(3).items())
+            print(f"run to run, {kind}: {a} / {b}: {spread(da.median_ms, db.median_ms, both)}; "
+                  f"{int((moved <= 0.03).sum())}/{len(moved)} within 3%; worst: {worst}")
 
 
 if __name__ == "__main__":

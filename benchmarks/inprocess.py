@@ -99,7 +99,7 @@ def loop(kind: str, cells: str, out: str) -> None:
             work = attention.build({**cell.params(), "seed": 0}, device)
             with torch.inference_mode(), work.pinned():
                 if kind == "graph":
-                    results[key] = timing.time_fn(work.step, device)["median_ms"]
+                    results[key] = timing.time_fn(work.step, device, again=work.again)["median_ms"]
                 elif tt is not None and cuda:
                     results[key] = tt.do_bench(work.step, warmup=25, rep=100, return_mode="median")
                 else:

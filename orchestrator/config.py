@@ -74,6 +74,7 @@ class MeasureConfig:
     min_iters: int = 3  # ... but never before this many
     max_iters: int = 1000  # and never more than this many
     flush_l2: bool = True
+    input_sets: int = 4  # GPU: a call under 0.2 ms is timed over graphs on this many copies of its inputs
     duty: float = 0.5  # GPU: the share of the timing spent in timed calls, in stretches of <= 20 ms with rests
     #                    between ((1 - duty) / duty times each stretch; 1: back to back)
     memory: bool = True
@@ -251,6 +252,9 @@ def _measure(m) -> None:
     if not 0.1 <= m.duty <= 1:
         raise ConfigError(f"measure.duty = {m.duty}: the share of the timing the GPU runs timed calls, in [0.1, 1] "
                           "(below, the rests hold the GPU for over 9 times the calls)")
+    if not 1 <= m.input_sets <= 16:
+        raise ConfigError(f"measure.input_sets = {m.input_sets}: copies of a short call's inputs to time over, "
+                          "1 (the inputs alone) to 16")
     if m.min_iters > m.max_iters:
         raise ConfigError(f"measure.min_iters = {m.min_iters} exceeds measure.max_iters = {m.max_iters}")
 

@@ -43,12 +43,20 @@ def build(p: dict, device: torch.device) -> Work:
         with torch.no_grad():
             return rel_error(forward() if out is None else out, reference(q, k, v, causal))
 
+    def again():
+        """The same step on copies of q, k, v: the same values at other addresses."""
+        copies = tuple(t.detach().clone().requires_grad_(train) for t in (q, k, v))
+        return make_step(backend.fn(*copies, causal), copies, train, gen, grad)
+
+    grad: list = []  # the backward's gradient, one for the step and its copies
+
     return Work(
-        step=make_step(forward, (q, k, v), train, gen),
+        step=make_step(forward, (q, k, v), train, gen, grad),
         flops=attention_flops(b, h, n, d, causal, p["mode"]),
         bytes=attention_bytes(b, h, n, d, q.element_size(), p["mode"]),
         check=check,
         pinned=backend.pinned,
         train=train,
         compiled=backend.compiled,
+        again=again,
     )

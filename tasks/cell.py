@@ -167,7 +167,7 @@ def measure(p: Prepared, nvml: Nvml | None = None, before_memory: Callable = lam
     with gpu_quiet() if device.type == "cuda" else contextlib.nullcontext(Held()) as held:
         mem = timing.measure_memory(work.step, device, nvml) if m["memory"] else {}
         clock = ClockSampler(nvml.handle) if nvml is not None else None
-        t = timing.timed(work.step, device, protocol, warmed, clock)
+        t = timing.timed(work.step, device, protocol, warmed, clock, work.again)
     t |= clock.cols() if clock is not None else {}
     t["warmup_iters"] += 1  # the first call, made in prepare
     t["warmup_s"] += p.first_call_s

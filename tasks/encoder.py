@@ -121,8 +121,16 @@ def build(p: dict, device: torch.device) -> Work:
         with torch.no_grad():
             return reference_error(model, x, forward() if out is None else out, causal)
 
+    def again():
+        """The same step on a copy of x (the model's weights are shared)."""
+        x2 = x.detach().clone().requires_grad_(train)
+        return make_step(lambda: model(x2, mask=mask, is_causal=causal), (x2, *model.parameters()), train, gen,
+                         grad)
+
+    grad: list = []  # the backward's gradient, one for the step and its copies
+
     return Work(
-        step=make_step(forward, (x, *model.parameters()), train, gen),
+        step=make_step(forward, (x, *model.parameters()), train, gen, grad),
         flops=encoder_flops(b, h, n, d, causal, p["mode"]),
         bytes=encoder_bytes(b, n, sum(t.numel() for t in model.parameters()), h * d, x.element_size(), p["mode"]),
         check=check,
@@ -130,4 +138,5 @@ def build(p: dict, device: torch.device) -> Work:
         train=train,
         flops_convention=FLOPS_CONVENTION,
         compiled=backend.compiled,
+        again=again,
     )

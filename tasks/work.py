@@ -27,19 +27,20 @@ class Work:
     train: bool  # autograd on (fwd_bwd) or inference mode (fwd)
     flops_convention: str = FLOPS_CONVENTION  # how this workload counts flops
     compiled: bool = False  # the first step compiles (timed apart as compile_s)
+    again: Callable[[], Callable[[], object]] | None = None  # a step on new copies of the inputs (other addresses)
 
 
-def make_step(forward: Callable, inputs: tuple, train: bool, gen: torch.Generator) -> Callable:
-    """The timed step: forward, or forward plus backward against a fixed random gradient."""
+def make_step(forward: Callable, inputs: tuple, train: bool, gen: torch.Generator, grad: list | None = None) -> Callable:
+    """The timed step: forward, or forward plus backward against a fixed random gradient, made
+    at the first call; ``grad``: a list that holds it, shared by the steps on copies of the inputs."""
     if not train:
         return forward
-    grad = None
+    grad = [] if grad is None else grad
 
     def step():
-        nonlocal grad
         out = forward()
-        if grad is None:
-            grad = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
-        return torch.autograd.grad(out, inputs, grad)
+        if not grad:
+            grad.append(torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen))
+        return torch.autograd.grad(out, inputs, grad[0])
 
     return step

@@ -131,6 +131,27 @@ def test_graph_replays_time_the_device_and_events_time_the_host():
     assert abs(long["host_median_ms"] / long["median_ms"] - 1) < 0.1, (long["host_median_ms"], long["median_ms"])
 
 
+def test_a_short_call_is_timed_over_copies_of_its_inputs_and_a_long_one_over_its_own():
+    """measure.input_sets: a call under 0.2 ms is replayed from graphs on copies of its inputs
+    (the same values, other addresses), in turn; a long call, or input_sets=1, from one graph."""
+    from tasks import attention
+
+    dev = torch.device("cuda", 0)
+    work = attention.build(spec("flash", seq=128) | {"batch_size": 1}, dev)
+    with work.pinned(), torch.inference_mode():
+        assert torch.equal(work.again()(), work.step())  # a copy computes the same output
+    short = {}
+    for mode in ("fwd", "fwd_bwd"):
+        short[mode] = run_cell(spec("flash", seq=128, mode=mode) | {"batch_size": 1})
+        assert short[mode]["status"] == "ok", short[mode]["error"]
+        assert short[mode]["timing_method"] == "cuda_graph" and short[mode]["input_sets"] == 4, short[mode]
+    one = run_cell(spec("flash", seq=128, measure=MEASURE | {"input_sets": 1}) | {"batch_size": 1})
+    assert one["status"] == "ok" and one["input_sets"] == 1
+    assert abs(one["median_ms"] / short["fwd"]["median_ms"] - 1) < 0.2  # the same kernel either way
+    long = run_cell(spec("flash", seq=8192))
+    assert long["timing_method"] == "cuda_graph" and long["input_sets"] == 1
+
+
 def test_a_call_that_cannot_be_captured_falls_back_to_events_and_says_why():
     from tasks import timing
 

@@ -46,6 +46,20 @@ def test_cell_measures_for_real(workload, mode, backend):
     assert r["flops_convention"].startswith("encoder") == (workload == "encoder")
 
 
+@pytest.mark.parametrize("workload", ["attention", "encoder"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_a_step_on_copies_of_the_inputs_computes_the_same(workload, mode):
+    """Work.again (measure.input_sets): the same step on copies of the inputs, not on the inputs."""
+    import importlib
+
+    p = spec(workload, "math", mode)
+    work = importlib.import_module(f"tasks.{workload}").build(p, torch.device("cpu"))
+    with work.pinned():
+        first, copy = work.step(), work.again()()
+    first, copy = (x if isinstance(x, tuple) else (x,) for x in (first, copy))
+    assert len(first) == len(copy) and all(torch.allclose(a, b) for a, b in zip(first, copy))
+
+
 def test_flops_follow_the_conventions():
     assert attention_flops(2, 4, 64, 16, True, "fwd") == 4 * 2 * 4 * 64 * 64 * 16 / 2
     assert attention_flops(2, 4, 64, 16, True, "fwd_bwd") == 3.5 * attention_flops(2, 4, 64, 16, True, "fwd")
