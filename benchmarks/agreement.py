@@ -4,7 +4,7 @@
     python benchmarks/agreement.py --runs new,new,old,noprewarm +sweep=full grid.dtypes=[bfloat16] grid.head_dims=[128]
     python benchmarks/agreement.py --runs new:1,new:2               # 1 GPU against 2 (cluster.num_gpus)
     python benchmarks/agreement.py --keep outputs/agreement ...      # keep each run's dataset
-    python benchmarks/agreement.py --runs reuse,reuse_oneset,reuse,reuse_oneset ...  # two settings, interleaved
+    python benchmarks/agreement.py --runs reuse,reuse_sets4,reuse,reuse_sets4 ...  # two settings, interleaved
 
 A run is a kind of settings (``KINDS``), optionally ``:N`` GPUs; each measures the same cells
 into a store of its own (``run.rerun=all``). The first two runs of the first kind give the
@@ -37,8 +37,8 @@ KINDS = {
     "backtoback": ["measure.duty=1"],  # timed calls unpaced, as before measure.duty
     "task": ["run.isolation=task"],
     "reuse": ["run.cells_per_process=0"],  # one process per device, cell after cell
-    "oneset": ["measure.input_sets=1"],  # short calls timed on their inputs alone, as before measure.input_sets
-    "reuse_oneset": ["run.cells_per_process=0", "measure.input_sets=1"],
+    "sets4": ["measure.input_sets=4"],  # calls under 0.2 ms timed over 4 copies of their inputs
+    "reuse_sets4": ["run.cells_per_process=0", "measure.input_sets=4"],
 }
 KEY = ["backend", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]
 
@@ -129,7 +129,7 @@ def main() -> None:
 
 
 def pairs_of_each_kind(out: dict) -> None:
-    """Run to run, every pair of runs of one kind (``--runs reuse,reuse_oneset,reuse,reuse_oneset``
+    """Run to run, every pair of runs of one kind (``--runs reuse,reuse_sets4,reuse,reuse_sets4``
     compares settings on the same machine, interleaved): the targets' figures and the worst cells."""
     import itertools
 

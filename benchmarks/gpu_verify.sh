@@ -12,7 +12,7 @@
 # drivercalls: docs/h200x2/probe_driver_calls.py: a measuring cell's own driver calls while others start
 # reuse:     one process per device (run.cells_per_process=0): inprocess.py on 1 and 2 GPUs with both
 #            settings, agreement.py run to run, and the steps of a reused process (probe_reuse.py)
-# sets:      measure.input_sets=4 (the default) against 1, one process per device: agreement.py with the two
+# sets:      measure.input_sets=4 against 1 (the default), one process per device: agreement.py with the two
 #            interleaved, three runs each, on each GPU at once (run to run stays on one GPU)
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
@@ -71,7 +71,7 @@ if want sets; then
   step "sets: input_sets 4 against 1, one process per device, interleaved, on each GPU at once"
   for g in $(nvidia-smi --query-gpu=index --format=csv,noheader); do
     CUDA_VISIBLE_DEVICES=$g timeout 590 python benchmarks/agreement.py --keep "$OUT/work/sets_gpu$g" \
-      --runs reuse:1,reuse_oneset:1,reuse:1,reuse_oneset:1,reuse:1,reuse_oneset:1 "${FULL120[@]}" 2>&1 \
+      --runs reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1 "${FULL120[@]}" 2>&1 \
       | grep -v "^\[" > "$OUT/sets_gpu$g.txt" &
   done
   wait

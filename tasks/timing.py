@@ -16,10 +16,11 @@ Timing on CUDA (``warm``, then ``timed``; ``time_fn`` runs both):
    before each (``timing_method=cuda_graph``): device time, which repeats to about 1%. A call
    that cannot be captured (it syncs, or a compiled backend refuses) is timed as in 2, and the
    row says why (``cuda_events``, ``timing_note``).
-   A short call (host-inclusive median under ``_SETS_BELOW_MS``) is captured ``input_sets``
-   times, each graph on its own copy of the inputs, and the replays take the graphs in turn:
-   where its inputs and outputs lie moves an 11 us kernel by up to 3% (H100), and a fresh
-   process puts them elsewhere; over several placements the median repeats across processes.
+   With ``input_sets`` > 1 (opt-in), a short call (host-inclusive median under
+   ``_SETS_BELOW_MS``) is captured that many times, each graph on its own copy of the inputs,
+   and the replays take the graphs in turn: new input addresses moved an 11 us kernel by up to
+   2.8% inside one process (H100), and each process puts them elsewhere. Over several
+   placements the median should repeat better across processes (not yet measured).
 4. Stop when the median is known well enough: its 95% confidence interval (order statistics)
    within ``precision`` of it, or ``budget_ms`` spent, or ``max_iters`` calls; never before
    ``min_iters``. A long call (tens of ms) stops after ``min_iters``; a short one after as many
@@ -70,7 +71,7 @@ class Protocol:
     flush_l2: bool = True
     duty: float = 0.5  # share of the timing's wall time the GPU runs timed calls (1: back to back)
     method: str = "auto"  # auto: graph where it captures; graph; events
-    input_sets: int = 4  # short calls: graphs on this many copies of the inputs, replayed in turn
+    input_sets: int = 1  # short calls: graphs on this many copies of the inputs, replayed in turn
 
     @classmethod
     def of(cls, m: dict) -> Protocol:

@@ -30,6 +30,23 @@ def test_command_line_overrides_reach_the_grid():
     assert len(plan(cfg)) == 5 * 2 * 3 * 2
 
 
+def test_a_new_setting_at_its_old_behaviour_keeps_stored_rows_current():
+    """measure.input_sets=1 measures as before the setting existed: the key rows are stored
+    under stays what it was (a hash of the other settings); input_sets=4 is another key."""
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    from orchestrator.driver import measure_key
+
+    cfg = make_cfg("+sweep=smoke")
+    before = {k: v for k, v in OmegaConf.to_container(cfg.measure).items() if k != "input_sets"}
+    old = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert measure_key(cfg)[0] == old and "input_sets" not in measure_key(cfg)[1]
+    assert measure_key(make_cfg("+sweep=smoke", "measure.input_sets=4"))[0] != old
+
+
 BAD_VALUES = [  # (overrides, words the one-line message must contain)
     (["grid.backends=[flash,turbo]"], "grid.backends[1] = 'turbo'"),
     (["grid.seq_lens=[128,0]"], "grid.seq_lens[1] = 0"),
@@ -54,6 +71,7 @@ BAD_VALUES = [  # (overrides, words the one-line message must contain)
     (["measure.min_iters=50", "measure.max_iters=10"], "measure.min_iters = 50"),
     (["measure.duty=0"], "measure.duty = 0"),
     (["measure.duty=1.5"], "measure.duty = 1.5"),
+    (["measure.input_sets=0"], "measure.input_sets = 0"),
     (["+sweep=full", "run.max_cells=100"], "480 cells, over run.max_cells = 100"),
     (["+grid.unknown_axis=[1]"], "grid.unknown_axis: no such key; grid takes: backends, seq_lens"),
     (["+colour=blue"], "colour: no such key; the top level takes: sweep_name"),
