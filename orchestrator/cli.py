@@ -28,6 +28,16 @@ NO_RUN = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--cfg", 
           "--shell-completion", "-sc"}
 
 
+def report_command(cfg, output_dir: str | None) -> str:
+    """The command that makes a sweep's report from its dataset, into its run folder."""
+    import shlex
+
+    words = ["python", "-m", "orchestrator.report", f"store.path={cfg.store.path}", f"sweep_name={cfg.sweep_name}"]
+    if output_dir:
+        words.append(f"output_dir={output_dir}")
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def runs_cells_here(args: list[str]) -> bool:
     """Whether ``python -m orchestrator ARGS`` will likely run cells in processes forked on this
     machine (a sweep in pool isolation on a private cluster): then its fork server may start
@@ -71,7 +81,21 @@ def _one_line(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__
     from orchestrator.config import explain_unknown_key
 
-    return next(filter(None, map(explain_unknown_key, parts)), None) or " | ".join(parts)
+    line = next(filter(None, map(explain_unknown_key, parts)), None) or " | ".join(parts)
+    return _list_wanted(line) or line
+
+
+def _list_wanted(line: str) -> str | None:
+    """``grid.seq_lens=128``: OmegaConf says an int is not a ListConfig; say it takes a list."""
+    import re
+
+    m = re.search(r"([\w.]+): Invalid value assigned: \w+ is not a ListConfig", line)
+    if not m or not line.startswith("command line: "):  # a sweep file's value: its own message names the file
+        return None
+    key = m.group(1)
+    given = re.search(rf"(?<![\w.]){re.escape(key)}=(\S+)", line)
+    value = given.group(1) if given else "..."
+    return f"command line: {key}={value}: {key} takes a list, even of one value: {key}=[{value}]"
 
 
 def run(app: Callable[[], None]) -> None:

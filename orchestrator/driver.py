@@ -366,8 +366,10 @@ def main(cfg, output_dir: str | None, began_at: float | None = None) -> int:
     except KeyboardInterrupt as exc:  # outside the cells (compaction, the report): every row is saved
         for sig in (signal.SIGINT, signal.SIGTERM):  # the process ends: a second Ctrl-C changes nothing
             signal.signal(sig, signal.SIG_IGN)
-        log.warning("interrupted: every row of this run is saved in %s; the report may be missing: "
-                    "python -m orchestrator.report makes it", cfg.store.path)
+        from orchestrator import cli
+
+        log.warning("interrupted: every row of this run is saved in %s; the report may be missing: %s makes it",
+                    cfg.store.path, cli.report_command(cfg, output_dir))
         return 128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)
     except StoreWriteError as exc:
         log.error("error: cannot write to the dataset %s. Every row written before is kept; run the same "

@@ -161,8 +161,7 @@ def for_sweep(cfg, store: Store, cells, output_dir, plotters=None) -> dict | Non
                      baseline=cfg.report.baseline, plots=cfg.report.plots, source=str(store.path),
                      configs={"sweep config": OmegaConf.to_yaml(cfg, resolve=True)}, plotters=plotters)
     except Exception:
-        log.exception("report failed (the rows are saved); try: python -m orchestrator.report store.path=%s "
-                      "sweep_name=%s", store.path, cfg.sweep_name)
+        log.exception("report failed (the rows are saved); try: %s", cli.report_command(cfg, output_dir))
         return None
 
 

@@ -104,6 +104,9 @@ def _note(r) -> tuple[str, str | None]:
         notes.append(f"noisy: median ±{sig(r.median_ci_pct, 2)}%")
     if r.kernels_match is not None and not pd.isna(r.kernels_match) and not bool(r.kernels_match):
         notes.append("kernels of another backend")
+    share = getattr(r, "pct_of_compute_ceiling", None)
+    if share is not None and pd.notna(share) and share > 100:
+        notes.append("over the device's measured ceiling: that matmul was timed slow (a busy machine?)")
     return "; ".join(notes), None
 
 

@@ -85,10 +85,12 @@ class Summary:
         ran = sum(self.statuses.values())
         tally = ", ".join(f"{v} {k}" for k, v in sorted(self.statuses.items())) or "nothing to do"
         extra = f", {self.elsewhere} measured by another sweep meanwhile" if self.elsewhere else ""
+        head = f"sweep {self.run_id}: {ran} cells run ({tally}), {self.skipped} already done{extra}"
+        if not ran:  # no time, no efficiency: nothing was measured
+            return head
         took = f"{self.wall_s:.1f} s" if self.wall_s < 60 else fmt_s(self.wall_s)
         return (
-            f"sweep {self.run_id}: {ran} cells run ({tally}), {self.skipped} already done{extra}; "
-            f"{took} on {self.devices} device(s) after a {self.start_s:.1f} s start; efficiency "
+            f"{head}; {took} on {self.devices} device(s) after a {self.start_s:.1f} s start; efficiency "
             f"{self.efficiency:.2f} ({self.measure_s:.1f} s measuring of {self.wall_s * self.devices:.1f} "
             "device-seconds)"
         )

@@ -47,6 +47,19 @@ def test_a_new_setting_at_its_old_behaviour_keeps_stored_rows_current():
     assert measure_key(make_cfg("+sweep=smoke", "measure.input_sets=4"))[0] != old
 
 
+@pytest.mark.parametrize("module", ["orchestrator", "orchestrator.report"])
+def test_two_commands_started_together_get_folders_of_their_own(module):
+    """Sweeps may share one store at once; their run folders (sweep.log, the report) may not:
+    two commands started in the same second each get a folder of their own."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", module, "--cfg", "all", "--resolve", "-p", "hydra.run.dir"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(d.startswith("outputs/") for d in dirs) and dirs[0] != dirs[1], dirs
+
+
 BAD_VALUES = [  # (overrides, words the one-line message must contain)
     (["grid.backends=[flash,turbo]"], "grid.backends[1] = 'turbo'"),
     (["grid.seq_lens=[128,0]"], "grid.seq_lens[1] = 0"),
@@ -124,6 +137,7 @@ def test_cli_stops_before_any_work(tmp_path: Path, args, words):
     (["grid.unknown_axis=[1]"], "grid.unknown_axis: no such key; grid takes: backends, seq_lens"),  # an unknown key
     (["+sweep=nonexistent"], "sweep/nonexistent"),  # a missing config group option
     (["grid.seq_lens=[128"], "[128"),  # an override that does not parse
+    (["grid.seq_lens=128"], "grid.seq_lens takes a list, even of one value: grid.seq_lens=[128]"),  # a scalar
     (["+sweep=broken"], "broken.yaml"),  # a YAML syntax error, in a config file of the search path
 ])
 def test_hydra_mistakes_are_one_line_naming_the_key_or_file(tmp_path: Path, args, words):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -225,6 +226,12 @@ def test_sigterm_during_the_report_ends_with_143_and_one_line(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + out + err[-3000:]
     assert "Traceback" not in err and "the report may be missing" in err, err[-3000:]
+    hint = err.split("the report may be missing: ")[1].split(" makes it")[0]  # the command it names makes it
+    words = shlex.split(hint)
+    assert words[:3] == ["python", "-m", "orchestrator.report"], hint
+    (tmp_path / "run" / "report.html").unlink(missing_ok=True)
+    made = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and (tmp_path / "run" / "report.html").is_file(), made.stderr[-2000:]
     assert len(Store(store).read()) == 4
 
 

@@ -420,6 +420,17 @@ def test_bands_and_marks_for_cells_that_did_not_run(tmp_path):
     check_png(png, min_width=1500)  # 200 dpi: a slide's width
 
 
+def test_a_share_over_the_ceiling_is_flagged_in_the_table():
+    """A ceiling measured on a busy machine can read low: the share is shown as it is, with a
+    note saying what it means, not as a plausible number."""
+    rows = gpu_rows(backends=("flash", "math"), seq_lens=(1024,))
+    rows[0] |= {"pct_of_compute_ceiling": 19800.0}
+    frame = report.summary_frame(report.complete(pd.DataFrame(rows)), "math")
+    (table,) = report_tables.summary_tables(frame, "math")
+    notes = {r[1]: r[-1] for r in table.rows}
+    assert "over the device's measured ceiling" in notes["flash"] and "ceiling" not in notes["math"]
+
+
 def test_figure_files_and_wide_csv(tmp_path):
     rows = gpu_rows(batch_sizes=(1, 8))
     fail(rows, "eager", 4096, "oom", OOM)
