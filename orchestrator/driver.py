@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 
 from orchestrator import capability, provenance
 from orchestrator.config import ConfigError, validate
-from orchestrator.errors import Interrupted, StoreWriteError
+from orchestrator.errors import (Interrupted, StoreWriteError, ignore_signals, signal_of, stopping_for_good,
+                                 terminate_as_interrupt)
 from orchestrator.grid import Cell, expand
 from orchestrator.rows import shares
 from orchestrator.store import Store, StoreError
@@ -219,14 +220,14 @@ def run(cfg, output_dir: str | None = None, began_at: float | None = None, exiti
     (the CLI); after SIGINT or SIGTERM, further ones then stay ignored, else their handlers are
     restored before Interrupted is raised."""
     try:
-        return _run(cfg, output_dir, began_at)
+        return _run(cfg, output_dir, began_at, exiting)
     except Interrupted as exc:
         if not exiting:
             exc.restore_signals()
         raise
 
 
-def _run(cfg, output_dir: str | None, began_at: float | None) -> Summary:
+def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> Summary:
     began_at = began_at or time.time()
     from orchestrator import cli
 
@@ -252,14 +253,16 @@ def _run(cfg, output_dir: str | None, began_at: float | None) -> Summary:
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", began_at=began_at)
     plotters = None
     try:
-        with Session(cfg, store, summary, fork) as session:
+        with Session(cfg, store, summary, fork) as session:  # a signal in there: Interrupted
             planner = planner_for(cfg, session.default_target)
             plotters = report_ahead(cfg, output_dir, session.default_target, planner)
             sweep(cfg, store, summary, session, planner, output_dir)
-        try:
-            finish(cfg, store, summary, planner, output_dir, plotters)
-        finally:
-            session.wait_closed()
+        with stopping_for_good(exiting):  # after the cells: a signal is a KeyboardInterrupt
+            try:
+                with stopping_for_good(exiting):
+                    finish(cfg, store, summary, planner, output_dir, plotters)
+            finally:
+                session.wait_closed()
     finally:
         if plotters is not None:
             plotters.close()
@@ -337,10 +340,6 @@ def planner_trials(search) -> list[Cell]:
     return [dataclasses.replace(search.key, seq_len=t["seq_len"]) for t in search.trials]
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
-
-
 def exit_code(cfg, summary: Summary) -> int:
     """1 when a cell of this run ended in a status of run.fail_on, else 0."""
     bad = {s: n for s, n in summary.statuses.items() if s in set(cfg.run.fail_on)}
@@ -355,7 +354,7 @@ def main(cfg, output_dir: str | None, began_at: float | None = None) -> int:
     and one line (never a traceback for input, a cluster, signals or a full disk). SIGTERM
     stops it as Ctrl-C does, also outside the cells (compaction, the report), and ends it
     with 143."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate_as_interrupt)
     try:
         summary = run(cfg, output_dir, began_at, exiting=True)
     except ConfigError as exc:
@@ -364,13 +363,12 @@ def main(cfg, output_dir: str | None, began_at: float | None = None) -> int:
     except Interrupted as exc:
         return 128 + exc.signum
     except KeyboardInterrupt as exc:  # outside the cells (compaction, the report): every row is saved
-        for sig in (signal.SIGINT, signal.SIGTERM):  # the process ends: a second Ctrl-C changes nothing
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals()  # the process ends: a second Ctrl-C changes nothing
         from orchestrator import cli
 
-        log.warning("interrupted: every row of this run is saved in %s; the report may be missing: %s makes it",
+        log.warning("interrupted: every row this run wrote is saved in %s; its report may be missing: %s makes it",
                     cfg.store.path, cli.report_command(cfg, output_dir))
-        return 128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)
+        return 128 + signal_of(exc)
     except StoreWriteError as exc:
         log.error("error: cannot write to the dataset %s. Every row written before is kept; run the same "
                   "command again, once it can be written, to measure the rest", exc)

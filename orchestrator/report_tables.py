@@ -106,7 +106,8 @@ def _note(r) -> tuple[str, str | None]:
         notes.append("kernels of another backend")
     share = getattr(r, "pct_of_compute_ceiling", None)
     if share is not None and pd.notna(share) and share > 100:
-        notes.append("over the device's measured ceiling: that matmul was timed slow (a busy machine?)")
+        notes.append("over the device's measured ceiling (its matmul timed slow, as on a busy machine, or a "
+                     "kernel doing less work than the flops convention counts)")
     return "; ".join(notes), None
 
 

@@ -69,7 +69,8 @@ COLUMNS: list[Column] = [
     # timing
     Column("timing_method", S, "cuda_graph (replay of a captured CUDA graph), cuda_events (each call between "
                                "events), cpu_clock (monotonic clock)"),
-    Column("timing_note", S, "why cuda_graph was not used (capture failed, or measure.method), else null"),
+    Column("timing_note", S, "why cuda_graph was not used (capture failed, or measure.method), or why there are "
+                             "fewer input_sets than asked, else null"),
     Column("warmup_iters", I, "calls before timing, the first (compiling) call included"),
     Column("warmup_s", F, "seconds of warm-up, the first call included"),
     Column("first_call_s", F, "seconds of the first call (lazy loading, plan building, compilation)"),

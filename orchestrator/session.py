@@ -20,7 +20,7 @@ import time
 
 from orchestrator import cluster, forkserver
 from orchestrator.cluster import ClusterError
-from orchestrator.errors import Interrupted
+from orchestrator.errors import Interrupted, ignore_signals, restore_signals, signal_of
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
 from orchestrator.grid import Cell
 from orchestrator.progress import Progress
@@ -131,23 +131,28 @@ class Session:
         raise KeyboardInterrupt
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        stopping = exc_type is KeyboardInterrupt or self.signum is not None
+        if self.signum is None:  # a signal before ours were in place (Ray's SIGTERM handler in ray.init)
+            self.signum = signal_of(exc)
+        stopping = self.signum is not None
         if stopping:
-            self.signum = self.signum or signal.SIGINT
-            for sig in self._saved_handlers:
-                signal.signal(sig, signal.SIG_IGN)  # nothing interrupts the clean-up
-        if not stopping and exc_type is None:  # the devices and the cluster go while the dataset is compacted
-            self._closer = threading.Thread(target=self._close_logged, name="session-close")  # and reported
-            self._closer.start()
-        else:
-            self._close(cut_short=True)
+            ignore_signals(self._saved_handlers)  # nothing interrupts the clean-up
+        try:
+            if not stopping and exc_type is None:  # the devices and the cluster go while the dataset is
+                self._closer = threading.Thread(target=self._close_logged, name="session-close")  # compacted
+                self._closer.start()  # and reported
+            else:
+                self._close(cut_short=True)
+        except Exception:
+            if not stopping:
+                restore_signals(self._saved_handlers)
+                raise
+            log.exception("closing the device workers or the cluster failed")
         if stopping:  # the signals stay ignored: the handlers go back with Interrupted.restore_signals
             name = signal.Signals(self.signum).name
             log.warning("interrupted: %s; %d rows of this run saved in %s; run the same command again to resume",
                         name, sum(self.summary.statuses.values()), self.store.path)
             raise Interrupted(self.signum, self._saved_handlers) from None
-        for sig, handler in self._saved_handlers.items():
-            signal.signal(sig, handler)
+        restore_signals(self._saved_handlers)
         return False
 
     def _close(self, cut_short: bool = False) -> None:

@@ -184,26 +184,26 @@ def capture(fn: Callable, device: torch.device, stream):
         return None, None, f"not capturable in a CUDA graph: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
 
 
-def more_graphs(again: Callable, n: int, device: torch.device, stream) -> list[tuple]:
+def more_graphs(again: Callable, n: int, device: torch.device, stream) -> tuple[list[tuple], str | None]:
     """Up to n more (graph, step) pairs of the same call, each step on its own copy of the
-    inputs, run once on the capture's stream before its capture; fewer where a copy cannot be
-    made or captured. The step keeps its inputs alive as long as its graph reads them."""
+    inputs (made on the current stream), run once on the capture's stream before its capture;
+    and why there are fewer, if so (a copy that does not fit, a capture refused). The step keeps
+    its inputs alive as long as its graph reads them."""
     sets = []
     for _ in range(n):
         try:
             step = again()
-            with torch.cuda.stream(stream):
-                step()
+            on_stream(stream, device, step)
             torch.cuda.synchronize(device)
-        except Exception:  # noqa: BLE001 - out of memory for a copy: the sets made so far
+        except Exception as exc:  # noqa: BLE001 - out of memory for a copy: the sets made so far
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize(device)
-            break
+            return sets, f"input sets: {len(sets) + 1} of {n + 1}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         graph, _, note = capture(step, device, stream)
         if graph is None:
-            break
+            return sets, f"input sets: {len(sets) + 1} of {n + 1}: {note}"
         sets.append((graph, step))
-    return sets
+    return sets, None
 
 
 def in_turn(calls: list[Callable]) -> Callable:
@@ -245,6 +245,16 @@ def timed_loop(timer: Timer, call: Callable, est_s: float, p: Protocol,
         batch = max(1, min(len(ms), left, p.max_iters - len(ms)))  # double, within the budget
 
 
+def on_stream(stream, device: torch.device, fn: Callable, *args):
+    """fn(*args) on a side stream (the capture's), ordered after what the current stream has
+    queued (the inputs fn reads) and before what it queues next."""
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        out = fn(*args)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return out
+
+
 def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[tuple, object]:
     """The warm-up alone: ``(warm-up columns, the stream it ran on (the capture's))`` for
     ``timed``, and the last call's output."""
@@ -252,10 +262,7 @@ def warm(fn: Callable, device: torch.device, p: Protocol = Protocol()) -> tuple[
         cols, out = warm_up(fn, device, p)
         return (cols, None), out
     stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        cols, out = warm_up(fn, device, p)
-    torch.cuda.current_stream(device).wait_stream(stream)
+    cols, out = on_stream(stream, device, warm_up, fn, device, p)
     return (cols, stream), out
 
 
@@ -282,7 +289,8 @@ def timed(fn: Callable, device: torch.device, p: Protocol, warmed: tuple,
     method = "cuda_graph" if graph is not None else ("cuda_events" if timer.cuda else "cpu_clock")
     sets = [(graph, fn)] if graph is not None else []
     if sets and again is not None and p.input_sets > 1 and host_med < _SETS_BELOW_MS:
-        sets += more_graphs(again, p.input_sets - 1, device, stream)
+        more, note = more_graphs(again, p.input_sets - 1, device, stream)
+        sets += more
     call = in_turn([g.replay for g, _ in sets]) if sets else fn
     ms, stop = timed_loop(timer, call, est_s, p, while_busy)
     stats = summarize(ms)

@@ -50,7 +50,8 @@ def test_a_new_setting_at_its_old_behaviour_keeps_stored_rows_current():
 @pytest.mark.parametrize("module", ["orchestrator", "orchestrator.report"])
 def test_two_commands_started_together_get_folders_of_their_own(module):
     """Sweeps may share one store at once; their run folders (sweep.log, the report) may not:
-    two commands started in the same second each get a folder of their own."""
+    two commands started together name different folders (the time to the microsecond; with
+    seconds, they named the same one)."""
     import subprocess
     import sys
 

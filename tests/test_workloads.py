@@ -49,7 +49,8 @@ def test_cell_measures_for_real(workload, mode, backend):
 @pytest.mark.parametrize("workload", ["attention", "encoder"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 def test_a_step_on_copies_of_the_inputs_computes_the_same(workload, mode):
-    """Work.again (measure.input_sets): the same step on copies of the inputs, not on the inputs."""
+    """Work.again (measure.input_sets): a step on copies of the inputs computes what the step
+    computes (that the copies are new memory: tests/test_gpu.py, where it matters)."""
     import importlib
 
     p = spec(workload, "math", mode)
