@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from datetime import datetime, timezone
 from omegaconf import OmegaConf
 
 from orchestrator import capability, provenance
+from orchestrator.claims import HOST
 from orchestrator.config import ConfigError, validate
 from orchestrator.errors import (Interrupted, StoreWriteError, ignore_signals, signal_of, stopping_for_good,
                                  terminate_as_interrupt)
@@ -120,7 +122,7 @@ class Rounds:
             self.round(cells)
 
     def round(self, cells: list[Cell]) -> None:
-        todo = self._skip_done(cells)
+        todo = self.skip_done(cells)
         log.info("sweep %r: %d cells, %d to run, %d already in %s; %d device(s) (%s isolation)",
                  self.cfg.sweep_name, len(cells), len(todo), len(cells) - len(todo), self.store.path,
                  self.summary.devices, self.cfg.run.isolation)
@@ -142,7 +144,8 @@ class Rounds:
                      len(cells) - len(runnable), len(runnable))
         self.session.execute(runnable, self._on_row, len(cells) - len(runnable))
 
-    def _skip_done(self, cells: list[Cell]) -> list[Cell]:
+    def skip_done(self, cells: list[Cell]) -> list[Cell]:
+        """The cells not yet in the dataset (by run.rerun), counted in the summary."""
         new = [c for c in cells if c.cell_id not in self.seen]
         self.seen |= {c.cell_id for c in new}
         self.summary.total += len(new)
@@ -212,6 +215,45 @@ def plan(cfg, default_target: str = "any") -> list[Cell]:
     return expand(cfg, default_target)
 
 
+def target_conditions(cfg) -> dict:
+    """What decides the target (the GPU model, ``any`` or ``cpu``) that a private Ray cluster on
+    this machine gives a sweep's cells: the host, its NVIDIA GPUs (NVML: no torch, no Ray), the
+    GPUs this process may see, and the settings that shape the cluster."""
+    gpus = []
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            uuid_ = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+            gpus.append(uuid_.decode() if isinstance(uuid_, bytes) else uuid_)
+    except Exception:  # noqa: BLE001 - no library, no driver, no device
+        pass
+    c = cfg.cluster
+    return {"host": HOST, "gpus": gpus, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "num_gpus": c.num_gpus, "device": cfg.run.device, "init": OmegaConf.to_container(c.init, resolve=True)}
+
+
+def already_done(cfg, store: Store, summary: Summary) -> GridPlanner | None:
+    """A sweep whose every cell is already in the dataset needs no cluster. Its cells' target
+    comes from the cluster (the GPU model Ray names), so this is known only where a private
+    cluster gave it under the same conditions before (``Store.remember_target``); then the grid
+    is checked against the dataset before Ray starts. The planner, counted in the summary, when
+    nothing is left to run; else None."""
+    ray = sys.modules.get("ray")
+    if cfg.capacity.enabled or cfg.run.rerun == "all" or (ray is not None and ray.is_initialized()):
+        return None  # bisection rounds, everything again, or a caller's own cluster: ask the cluster
+    target = store.known_target(target_conditions(cfg))
+    if target is None:
+        return None
+    planner = GridPlanner(cfg, target)
+    done, _ = store.look(cfg.run.rerun, measure_key(cfg)[0])
+    if any(c.cell_id not in done for c in planner.cells):
+        return None
+    Rounds(cfg, store, None, RunLog(cfg, store, summary, None), planner).skip_done(planner.cells)
+    return planner
+
+
 def run(cfg, output_dir: str | None = None, began_at: float | None = None, exiting: bool = False) -> Summary:
     """The sweep as a plain function. Raises ConfigError (bad input or a cluster that cannot run
     it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError. ``began_at``
@@ -242,6 +284,16 @@ def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> 
 
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     auth.prepare(address, ConfigError)  # before Ray is imported
+    summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", began_at=began_at)
+    planner = None if address else already_done(cfg, store, summary)
+    if planner is not None:
+        forkserver.discard_early()
+        log.info("sweep %r: %d cells, 0 to run, %d already in %s: no cluster to start", cfg.sweep_name,
+                 len(planner.cells), len(planner.cells), store.path)
+        save_run(cfg, store, summary, output_dir)
+        with stopping_for_good(exiting):
+            finish(cfg, store, summary, planner, output_dir)
+        return summary
     fork = None
     if cfg.run.isolation == "pool" and not address:  # its imports (seconds) overlap Ray's start
         log_file = os.path.join(output_dir, "cells.log") if output_dir else None
@@ -250,10 +302,11 @@ def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> 
         forkserver.discard_early()
     from orchestrator.session import Session  # Ray is imported only once the config is known good
 
-    summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", began_at=began_at)
     plotters = None
     try:
         with Session(cfg, store, summary, fork) as session:  # a signal in there: Interrupted
+            if session.owns_ray:  # a private cluster: its target, for a later run with nothing to do
+                store.remember_target(target_conditions(cfg), session.default_target)
             planner = planner_for(cfg, session.default_target)
             plotters = report_ahead(cfg, output_dir, session.default_target, planner)
             sweep(cfg, store, summary, session, planner, output_dir)
@@ -289,10 +342,15 @@ def report_ahead(cfg, output_dir: str | None, default_target: str, planner):
     return Plotters(figures(planner.cells, seed=cfg.sweep_name == "seed"))
 
 
-def sweep(cfg, store: Store, summary: Summary, session, planner, output_dir: str | None) -> None:
-    """The rounds of the planner's cells, once the cluster is up."""
+def save_run(cfg, store: Store, summary: Summary, output_dir: str | None) -> None:
+    """The run's record in the dataset's metadata (its config); ``finish`` adds how it went."""
     store.save_run(summary.run_id, {"sweep_name": cfg.sweep_name, "output_dir": output_dir,
                                     "config": OmegaConf.to_container(cfg, resolve=True)})
+
+
+def sweep(cfg, store: Store, summary: Summary, session, planner, output_dir: str | None) -> None:
+    """The rounds of the planner's cells, once the cluster is up."""
+    save_run(cfg, store, summary, output_dir)
     session.start_devices(planner.targets())
     rounds = Rounds(cfg, store, session, RunLog(cfg, store, summary, session), planner)
     t0 = time.perf_counter()

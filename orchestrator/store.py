@@ -84,6 +84,12 @@ def _kill_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _digest(value) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class Store:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -354,6 +360,26 @@ class Store:
             return time.time() - path.stat().st_mtime > 60 if path.exists() else True
 
     # ------------------------------------------------------------------ run records
+
+    def known_target(self, conditions: dict) -> str | None:
+        """The target a private cluster gave this machine's cells the last time under these
+        conditions (``driver.target_conditions``), or None."""
+        try:
+            return json.loads((self.meta / "targets.json").read_text()).get(_digest(conditions))
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def remember_target(self, conditions: dict, target: str) -> None:
+        """Best effort: a later sweep under the same conditions can then check its cells against
+        the dataset before it starts a cluster. Two sweeps writing at once may drop an entry
+        (that sweep's next run starts its cluster first, as before)."""
+        path = self.meta / "targets.json"
+        try:
+            known = json.loads(path.read_text()) if path.exists() else {}
+            if known.get(_digest(conditions)) != target:
+                self._write_json(path, {**known, _digest(conditions): target})
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def _write_json(self, path: Path, info: dict) -> None:
         tmp = self._tmp(path.name)

@@ -57,6 +57,27 @@ def test_same_sweep_again_measures_nothing_and_rerun_all_measures_everything(smo
     assert set(after.row_id) >= set(before.row_id)  # the old rows stay
 
 
+@pytest.mark.slow
+def test_a_sweep_with_nothing_left_starts_no_cluster_unless_its_conditions_changed(tmp_path):
+    """The same command again, every cell in the dataset: no Ray, no device workers, the report
+    made. The cells' target comes from the cluster, so the shortcut holds only where a private
+    cluster gave it under the same conditions: with fake GPUs (another target, "any") the
+    cluster starts and measures those cells."""
+    store, args = tmp_path / "r", ["+sweep=smoke", "grid.backends=[math,flash]"]
+    first = run_cli(*args, f"store.path={store}", f"hydra.run.dir={tmp_path / 'run1'}")
+    assert first.returncode == 0 and "cluster: starting" in first.stdout, first.stderr[-2000:]
+    again = run_cli(*args, f"store.path={store}", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cluster: starting" not in again.stdout and "no cluster to start" in again.stdout, again.stdout[-2000:]
+    assert "0 cells run (nothing to do), 4 already done" in again.stdout
+    assert (tmp_path / "run2" / "report.html").is_file()
+    other = run_cli(*args, "cluster.num_gpus=1", "run.device=cpu", f"store.path={store}",
+                    f"hydra.run.dir={tmp_path / 'run3'}")
+    assert other.returncode == 0 and "cluster: starting" in other.stdout, other.stderr[-2000:]
+    assert "4 cells run (4 ok)" in other.stdout, other.stdout[-2000:]
+    assert sorted(Store(store).read().target) == ["any"] * 4 + ["cpu"] * 4
+
+
 def test_a_grown_grid_runs_only_the_new_cells(smoke_dataset, tmp_path):
     ensure_ray(0)
     store = tmp_path / "grow"
