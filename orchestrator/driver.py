@@ -234,7 +234,7 @@ def target_conditions(cfg) -> dict:
             "num_gpus": c.num_gpus, "device": cfg.run.device, "init": OmegaConf.to_container(c.init, resolve=True)}
 
 
-def already_done(cfg, store: Store, summary: Summary) -> GridPlanner | None:
+def already_done(cfg, store: Store, summary: Summary, conditions: dict) -> GridPlanner | None:
     """A sweep whose every cell is already in the dataset needs no cluster. Its cells' target
     comes from the cluster (the GPU model Ray names), so this is known only where a private
     cluster gave it under the same conditions before (``Store.remember_target``); then the grid
@@ -243,7 +243,7 @@ def already_done(cfg, store: Store, summary: Summary) -> GridPlanner | None:
     ray = sys.modules.get("ray")
     if cfg.capacity.enabled or cfg.run.rerun == "all" or (ray is not None and ray.is_initialized()):
         return None  # bisection rounds, everything again, or a caller's own cluster: ask the cluster
-    target = store.known_target(target_conditions(cfg))
+    target = store.known_target(conditions)
     if target is None:
         return None
     planner = GridPlanner(cfg, target)
@@ -285,7 +285,8 @@ def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> 
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     auth.prepare(address, ConfigError)  # before Ray is imported
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", began_at=began_at)
-    planner = None if address else already_done(cfg, store, summary)
+    conditions = None if address else target_conditions(cfg)
+    planner = None if address else already_done(cfg, store, summary, conditions)
     if planner is not None:
         forkserver.discard_early()
         log.info("sweep %r: %d cells, 0 to run, %d already in %s: no cluster to start", cfg.sweep_name,
@@ -305,8 +306,8 @@ def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> 
     plotters = None
     try:
         with Session(cfg, store, summary, fork) as session:  # a signal in there: Interrupted
-            if session.owns_ray:  # a private cluster: its target, for a later run with nothing to do
-                store.remember_target(target_conditions(cfg), session.default_target)
+            if session.owns_ray and conditions:  # a private cluster's target, for a later run with nothing to do
+                store.remember_target(conditions, session.default_target)
             planner = planner_for(cfg, session.default_target)
             plotters = report_ahead(cfg, output_dir, session.default_target, planner)
             sweep(cfg, store, summary, session, planner, output_dir)

@@ -128,8 +128,8 @@ def test_ray_start_up_chatter_goes_to_the_log_file_unless_asked_for(tmp_path):
     assert "Started a local Ray instance" not in said and "Token authentication" not in said
     assert "worker.py" not in said and "(raylet)" not in said
     assert "Started a local Ray instance" in (tmp_path / "run" / "sweep.log").read_text()  # kept, in the run folder
-    loud = run_cli("+sweep=smoke", "grid.backends=[math]", "cluster.verbose=true", f"store.path={tmp_path / 'r'}",
-                   f"hydra.run.dir={tmp_path / 'run2'}")
+    loud = run_cli("+sweep=smoke", "grid.backends=[math]", "cluster.verbose=true", f"store.path={tmp_path / 'r2'}",
+                   f"hydra.run.dir={tmp_path / 'run2'}")  # a store of its own: with every cell done, no cluster starts
     assert loud.returncode == 0 and "Started a local Ray instance" in loud.stdout + loud.stderr
 
 
