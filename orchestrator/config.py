@@ -173,6 +173,24 @@ def _member(name: str, values, allowed) -> None:
             raise ConfigError(f"{name}[{i}] = {v!r}: unknown; choose from {', '.join(allowed)}")
 
 
+def check_host(cfg, have_gpus: int) -> None:
+    """A private cluster on this machine, before it starts (no Ray, no torch): GPUs asked for
+    that the machine does not have (``have_gpus``: NVML's count), or more CPU workers than it
+    has cores. ConfigError with one line."""
+    import os
+
+    c, r = cfg.cluster, cfg.run
+    if c.num_gpus and c.num_gpus > have_gpus and r.device != "cpu":
+        raise ConfigError(f"cluster.num_gpus = {c.num_gpus}, but this machine has {have_gpus} NVIDIA GPU(s): cells "
+                          "would fail to start CUDA. To test scheduling with fake GPUs, add run.device=cpu")
+    if r.device == "cuda" and not have_gpus and not c.num_gpus:
+        raise ConfigError("run.device = 'cuda', but this machine has no NVIDIA GPU (NVML finds none)")
+    cpus = c.num_cpus or os.cpu_count() or 1
+    if not have_gpus and not c.num_gpus and r.cpu_workers > cpus:
+        raise ConfigError(f"run.cpu_workers = {r.cpu_workers}, but this machine has {cpus} CPU(s): the extra "
+                          f"workers would wait forever; use run.cpu_workers={cpus}")
+
+
 def validate(cfg) -> None:
     """Raise ConfigError on the first bad value; return quietly if all is well. Never imports
     torch or Ray, and never expands the grid: a grid's size is known from its axes."""

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from orchestrator import capability, provenance
 from orchestrator.claims import HOST
-from orchestrator.config import ConfigError, validate
+from orchestrator.config import ConfigError, check_host, validate
 from orchestrator.errors import (Interrupted, StoreWriteError, ignore_signals, signal_of, stopping_for_good,
                                  terminate_as_interrupt)
 from orchestrator.grid import Cell, expand
@@ -215,10 +215,18 @@ def plan(cfg, default_target: str = "any") -> list[Cell]:
     return expand(cfg, default_target)
 
 
+TARGET_RULE = 1  # the version of how a target is named (cluster.Resources.default_target, Session): a change
+#                 to that rule must raise it, so that no target named by the old rule is reused
+TARGET_ENV = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "RAY_OVERRIDE_RESOURCES")
+
+
 def target_conditions(cfg) -> dict:
     """What decides the target (the GPU model, ``any`` or ``cpu``) that a private Ray cluster on
     this machine gives a sweep's cells: the host, its NVIDIA GPUs (NVML: no torch, no Ray), the
-    GPUs this process may see, and the settings that shape the cluster."""
+    GPUs this process may see, Ray's version (its names for GPU models have changed), this
+    tool's rule, and the settings that shape the cluster."""
+    import importlib.metadata
+
     gpus = []
     try:
         import pynvml
@@ -229,9 +237,14 @@ def target_conditions(cfg) -> dict:
             gpus.append(uuid_.decode() if isinstance(uuid_, bytes) else uuid_)
     except Exception:  # noqa: BLE001 - no library, no driver, no device
         pass
+    try:
+        ray_version = importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
+        ray_version = None
     c = cfg.cluster
-    return {"host": HOST, "gpus": gpus, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "num_gpus": c.num_gpus, "device": cfg.run.device, "init": OmegaConf.to_container(c.init, resolve=True)}
+    return {"host": HOST, "gpus": gpus, "env": {k: os.environ.get(k) for k in TARGET_ENV}, "ray": ray_version,
+            "rule": TARGET_RULE, "num_gpus": c.num_gpus, "device": cfg.run.device,
+            "init": OmegaConf.to_container(c.init, resolve=True)}
 
 
 def already_done(cfg, store: Store, summary: Summary, conditions: dict) -> GridPlanner | None:
@@ -241,11 +254,12 @@ def already_done(cfg, store: Store, summary: Summary, conditions: dict) -> GridP
     is checked against the dataset before Ray starts. The planner, counted in the summary, when
     nothing is left to run; else None."""
     ray = sys.modules.get("ray")
-    if cfg.capacity.enabled or cfg.run.rerun == "all" or (ray is not None and ray.is_initialized()):
-        return None  # bisection rounds, everything again, or a caller's own cluster: ask the cluster
+    if cfg.capacity.enabled or cfg.run.rerun == "all" or cfg.grid.accelerators or (ray and ray.is_initialized()):
+        return None  # bisection rounds, everything again, GPU models the cluster must have, a caller's cluster
     target = store.known_target(conditions)
     if target is None:
         return None
+    check_host(cfg, len(conditions["gpus"]))  # what the cluster's start would have refused
     planner = GridPlanner(cfg, target)
     done, _ = store.look(cfg.run.rerun, measure_key(cfg)[0])
     if any(c.cell_id not in done for c in planner.cells):
@@ -294,6 +308,8 @@ def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> 
         save_run(cfg, store, summary, output_dir)
         with stopping_for_good(exiting):
             finish(cfg, store, summary, planner, output_dir)
+        summary.command_s = time.time() - began_at
+        log.info("the whole command: %.1f s, with no cluster (the report: %.1f s)", summary.command_s, summary.report_s)
         return summary
     fork = None
     if cfg.run.isolation == "pool" and not address:  # its imports (seconds) overlap Ray's start

@@ -20,6 +20,7 @@ import time
 
 from orchestrator import cluster, forkserver
 from orchestrator.cluster import ClusterError
+from orchestrator.config import check_host
 from orchestrator.errors import Interrupted, ignore_signals, restore_signals, signal_of
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
 from orchestrator.grid import Cell
@@ -77,7 +78,7 @@ class Session:
         c, r = self.cfg.cluster, self.cfg.run
         joining = bool(c.address or os.environ.get("RAY_ADDRESS"))
         if not joining:
-            self._check_host()
+            check_host(self.cfg, cluster.host_gpus())
         log.info("cluster: %s", "joining the Ray cluster at " + str(c.address or os.environ["RAY_ADDRESS"])
                  if joining else "starting a private Ray cluster on this machine")
         self.owns_ray = not cluster.ray.is_initialized()
@@ -89,20 +90,6 @@ class Session:
         self._check_cluster()
         self.default_target = self.resources.default_target if r.device != "cpu" or self.resources.gpus else "cpu"
         self.t0 = t0
-
-    def _check_host(self) -> None:
-        """A private cluster: GPUs asked for that this machine does not have."""
-        c, r = self.cfg.cluster, self.cfg.run
-        have = cluster.host_gpus()
-        if c.num_gpus and c.num_gpus > have and r.device != "cpu":
-            raise ClusterError(f"cluster.num_gpus = {c.num_gpus}, but this machine has {have} NVIDIA GPU(s): cells "
-                               "would fail to start CUDA. To test scheduling with fake GPUs, add run.device=cpu")
-        if r.device == "cuda" and not have and not c.num_gpus:
-            raise ClusterError("run.device = 'cuda', but this machine has no NVIDIA GPU (NVML finds none)")
-        cpus = c.num_cpus or os.cpu_count() or 1
-        if not have and not c.num_gpus and r.cpu_workers > cpus:
-            raise ClusterError(f"run.cpu_workers = {r.cpu_workers}, but this machine has {cpus} CPU(s): the extra "
-                               f"workers would wait forever; use run.cpu_workers={cpus}")
 
     def _check_cluster(self) -> None:
         r, res = self.cfg.run, self.resources
