@@ -105,17 +105,6 @@ def connect(c, prestart_workers: bool = False) -> str:
     return "started a private Ray cluster on this machine (cluster.address=auto or host:port joins one)"
 
 
-def host_gpus() -> int:
-    """NVIDIA GPUs this host has, by NVML (no torch, no CUDA context); 0 when there is no driver."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetCount()
-    except Exception:  # noqa: BLE001 - no library, no driver, no device
-        return 0
-
-
 @dataclass
 class Resources:
     """What the cluster offers: GPUs by accelerator type ("any" counts all), CPUs, nodes."""

@@ -173,6 +173,20 @@ def _member(name: str, values, allowed) -> None:
             raise ConfigError(f"{name}[{i}] = {v!r}: unknown; choose from {', '.join(allowed)}")
 
 
+def host_gpus() -> list[str]:
+    """The UUIDs of the NVIDIA GPUs this machine has, by NVML (no torch, no CUDA context, no
+    Ray); none where there is no driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        ids = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+               for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # noqa: BLE001 - no library, no driver, no device
+        return []
+    return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+
 def check_host(cfg, have_gpus: int) -> None:
     """A private cluster on this machine, before it starts (no Ray, no torch): GPUs asked for
     that the machine does not have (``have_gpus``: NVML's count), or more CPU workers than it

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import importlib
 import json
 import logging
@@ -28,10 +27,9 @@ from omegaconf import OmegaConf
 
 from orchestrator import capability, provenance
 from orchestrator.claims import HOST
-from orchestrator.config import ConfigError, check_host, validate
-from orchestrator.errors import (Interrupted, StoreWriteError, ignore_signals, signal_of, stopping_for_good,
-                                 terminate_as_interrupt)
-from orchestrator.grid import Cell, expand
+from orchestrator.config import ConfigError, check_host, host_gpus, validate
+from orchestrator.errors import SIGNALS, Interrupted, StopOnce, StoreWriteError, ignore_signals, signal_of
+from orchestrator.grid import Cell, digest, expand
 from orchestrator.rows import shares
 from orchestrator.store import Store, StoreError
 from orchestrator.summary import Summary
@@ -76,8 +74,8 @@ AS_BEFORE = {"input_sets": 1}
 def measure_key(cfg) -> tuple[str, str]:
     """(hash, JSON) of the measurement settings: rows of other settings are not the same numbers."""
     m = OmegaConf.to_container(cfg.measure, resolve=True)
-    settings = json.dumps({k: v for k, v in m.items() if AS_BEFORE.get(k, object()) != v}, sort_keys=True)
-    return hashlib.sha256(settings.encode()).hexdigest()[:12], settings
+    kept = {k: v for k, v in m.items() if AS_BEFORE.get(k, object()) != v}
+    return digest(kept, 12), json.dumps(kept, sort_keys=True)
 
 
 def make_row(cell: Cell, result: dict, ctx: dict, platform: dict | None = None) -> dict:
@@ -144,12 +142,13 @@ class Rounds:
                      len(cells) - len(runnable), len(runnable))
         self.session.execute(runnable, self._on_row, len(cells) - len(runnable))
 
-    def skip_done(self, cells: list[Cell]) -> list[Cell]:
-        """The cells not yet in the dataset (by run.rerun), counted in the summary."""
+    def skip_done(self, cells: list[Cell], looked: tuple | None = None) -> list[Cell]:
+        """The cells not yet in the dataset (by run.rerun), counted in the summary. ``looked``:
+        ``Store.look``'s answer, if the caller has just read it."""
         new = [c for c in cells if c.cell_id not in self.seen]
         self.seen |= {c.cell_id for c in new}
         self.summary.total += len(new)
-        done, ids = self.store.look(self.cfg.run.rerun, self.key)
+        done, ids = looked or self.store.look(self.cfg.run.rerun, self.key)
         self.known |= ids
         done &= {c.cell_id for c in cells}
         if done:
@@ -227,22 +226,12 @@ def target_conditions(cfg) -> dict:
     tool's rule, and the settings that shape the cluster."""
     import importlib.metadata
 
-    gpus = []
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            uuid_ = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
-            gpus.append(uuid_.decode() if isinstance(uuid_, bytes) else uuid_)
-    except Exception:  # noqa: BLE001 - no library, no driver, no device
-        pass
     try:
         ray_version = importlib.metadata.version("ray")
     except importlib.metadata.PackageNotFoundError:
         ray_version = None
     c = cfg.cluster
-    return {"host": HOST, "gpus": gpus, "env": {k: os.environ.get(k) for k in TARGET_ENV}, "ray": ray_version,
+    return {"host": HOST, "gpus": host_gpus(), "env": {k: os.environ.get(k) for k in TARGET_ENV}, "ray": ray_version,
             "rule": TARGET_RULE, "num_gpus": c.num_gpus, "device": cfg.run.device,
             "init": OmegaConf.to_container(c.init, resolve=True)}
 
@@ -259,31 +248,19 @@ def already_done(cfg, store: Store, summary: Summary, conditions: dict) -> GridP
     target = store.known_target(conditions)
     if target is None:
         return None
-    check_host(cfg, len(conditions["gpus"]))  # what the cluster's start would have refused
     planner = GridPlanner(cfg, target)
-    done, _ = store.look(cfg.run.rerun, measure_key(cfg)[0])
-    if any(c.cell_id not in done for c in planner.cells):
+    looked = store.look(cfg.run.rerun, measure_key(cfg)[0])
+    if any(c.cell_id not in looked[0] for c in planner.cells):
         return None
-    Rounds(cfg, store, None, RunLog(cfg, store, summary, None), planner).skip_done(planner.cells)
+    Rounds(cfg, store, None, RunLog(cfg, store, summary, None), planner).skip_done(planner.cells, looked)
     return planner
 
 
-def run(cfg, output_dir: str | None = None, began_at: float | None = None, exiting: bool = False) -> Summary:
+def run(cfg, output_dir: str | None = None, began_at: float | None = None) -> Summary:
     """The sweep as a plain function. Raises ConfigError (bad input or a cluster that cannot run
     it: before any cell runs), Interrupted (SIGINT, SIGTERM), StoreWriteError. ``began_at``
     (epoch seconds; now if not given): where the account of the run's time starts (the command's
-    process start, for its first run). ``exiting``: the caller's process ends once this returns
-    (the CLI); after SIGINT or SIGTERM, further ones then stay ignored, else their handlers are
-    restored before Interrupted is raised."""
-    try:
-        return _run(cfg, output_dir, began_at, exiting)
-    except Interrupted as exc:
-        if not exiting:
-            exc.restore_signals()
-        raise
-
-
-def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> Summary:
+    process start, for its first run)."""
     began_at = began_at or time.time()
     from orchestrator import cli
 
@@ -300,14 +277,15 @@ def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> 
     auth.prepare(address, ConfigError)  # before Ray is imported
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", began_at=began_at)
     conditions = None if address else target_conditions(cfg)
+    if conditions:  # a private cluster on this machine: what it could never do, refused before it starts
+        check_host(cfg, len(conditions["gpus"]))
     planner = None if address else already_done(cfg, store, summary, conditions)
     if planner is not None:
         forkserver.discard_early()
         log.info("sweep %r: %d cells, 0 to run, %d already in %s: no cluster to start", cfg.sweep_name,
                  len(planner.cells), len(planner.cells), store.path)
         save_run(cfg, store, summary, output_dir)
-        with stopping_for_good(exiting):
-            finish(cfg, store, summary, planner, output_dir)
+        finish(cfg, store, summary, planner, output_dir)
         summary.command_s = time.time() - began_at
         log.info("the whole command: %.1f s, with no cluster (the report: %.1f s)", summary.command_s, summary.report_s)
         return summary
@@ -327,12 +305,10 @@ def _run(cfg, output_dir: str | None, began_at: float | None, exiting: bool) -> 
             planner = planner_for(cfg, session.default_target)
             plotters = report_ahead(cfg, output_dir, session.default_target, planner)
             sweep(cfg, store, summary, session, planner, output_dir)
-        with stopping_for_good(exiting):  # after the cells: a signal is a KeyboardInterrupt
-            try:
-                with stopping_for_good(exiting):
-                    finish(cfg, store, summary, planner, output_dir, plotters)
-            finally:
-                session.wait_closed()
+        try:  # after the cells a signal is the caller's: a KeyboardInterrupt (the CLI's StopOnce)
+            finish(cfg, store, summary, planner, output_dir, plotters)
+        finally:
+            session.wait_closed()
     finally:
         if plotters is not None:
             plotters.close()
@@ -428,17 +404,20 @@ def main(cfg, output_dir: str | None, began_at: float | None = None) -> int:
     """``python -m orchestrator``: the sweep, with every way it can end turned into an exit code
     and one line (never a traceback for input, a cluster, signals or a full disk). SIGTERM
     stops it as Ctrl-C does, also outside the cells (compaction, the report), and ends it
-    with 143."""
-    signal.signal(signal.SIGTERM, terminate_as_interrupt)
+    with 143; only the first signal counts (``StopOnce``)."""
+    stop = StopOnce()
+    for sig in SIGNALS:
+        signal.signal(sig, stop)
     try:
-        summary = run(cfg, output_dir, began_at, exiting=True)
+        summary = run(cfg, output_dir, began_at)
     except ConfigError as exc:
         log.error("error: %s", exc)
         return 2
     except Interrupted as exc:
+        ignore_signals()  # for the exit: it gives Python's handlers (StopOnce) back to the default, which kills
         return 128 + exc.signum
     except KeyboardInterrupt as exc:  # outside the cells (compaction, the report): every row is saved
-        ignore_signals()  # the process ends: a second Ctrl-C changes nothing
+        ignore_signals()
         from orchestrator import cli
 
         log.warning("interrupted: every row this run wrote is saved in %s; its report may be missing: %s makes it",

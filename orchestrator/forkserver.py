@@ -101,24 +101,24 @@ def serve(address: str, preload: list[str]) -> None:
     listener.bind(address)
     server = os.getpid()
     signal.signal(signal.SIGTERM, _leave)
-    done = False
+    failed = False
     try:
         _serve(listener, preload)
-        done = True
-    except SystemExit:
-        done = True
+    except BaseException as exc:  # its traceback, printed after this, lands in the early log: stop() hands it on
+        failed = not isinstance(exc, SystemExit)  # SystemExit: told to go (SIGTERM), nothing to keep
         raise
     finally:
         if os.getpid() == server:  # not in a child that a signal reached before it reset its handlers
-            _remove(address, early_log=done)
+            _remove(address, keep_early_log=failed)
 
 
 def _leave(signum, frame):
     raise SystemExit(0)
 
 
-def _remove(address: str, early_log: bool = True) -> None:
-    for f in (address, os.path.join(os.path.dirname(address), EARLY_LOG))[:2 if early_log else 1]:
+def _remove(address: str, keep_early_log: bool = False) -> None:
+    files = [address] if keep_early_log else [address, os.path.join(os.path.dirname(address), EARLY_LOG)]
+    for f in files:
         with contextlib.suppress(OSError):
             os.unlink(f)
     with contextlib.suppress(OSError):

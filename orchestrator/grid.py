@@ -8,6 +8,13 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 
+
+def digest(value, n: int = 16) -> str:
+    """A stable hash of a JSON-able value (sorted keys): a cell's id, the measure key, the
+    target conditions."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:n]
+
+
 SHAPE = ["workload", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]  # a cell's shape
 
 
@@ -29,8 +36,7 @@ class Cell:
     @functools.cached_property  # hashed once per cell: the driver asks for it many times
     def cell_id(self) -> str:
         """Stable across runs, machines and Python versions: a hash of the parameters."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest(asdict(self))
 
     def params(self) -> dict:
         return asdict(self)

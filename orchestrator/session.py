@@ -20,8 +20,7 @@ import time
 
 from orchestrator import cluster, forkserver
 from orchestrator.cluster import ClusterError
-from orchestrator.config import check_host
-from orchestrator.errors import Interrupted, ignore_signals, restore_signals, signal_of
+from orchestrator.errors import SIGNALS, Interrupted, StopOnce, ignore_signals, restore_signals, signal_of
 from orchestrator.executor import Executor, PoolLauncher, Slot, TaskLauncher
 from orchestrator.grid import Cell
 from orchestrator.progress import Progress
@@ -77,8 +76,6 @@ class Session:
             self.summary.before_s = time.time() - self.summary.began_at
         c, r = self.cfg.cluster, self.cfg.run
         joining = bool(c.address or os.environ.get("RAY_ADDRESS"))
-        if not joining:
-            check_host(self.cfg, cluster.host_gpus())
         log.info("cluster: %s", "joining the Ray cluster at " + str(c.address or os.environ["RAY_ADDRESS"])
                  if joining else "starting a private Ray cluster on this machine")
         self.owns_ray = not cluster.ray.is_initialized()
@@ -103,8 +100,7 @@ class Session:
         """The caller's handlers, which go back when the session ends (a signal can only be
         handled in the main thread)."""
         if threading.current_thread() is threading.main_thread():
-            self._saved_handlers = {sig: h for sig in (signal.SIGINT, signal.SIGTERM)
-                                    if (h := signal.getsignal(sig)) is not None}
+            self._saved_handlers = {sig: h for sig in SIGNALS if (h := signal.getsignal(sig)) is not None}
 
     def _take_signals(self) -> None:
         """Ray installs a SIGTERM handler that exits mid-call with a C++ dump; ours stops the sweep."""
@@ -131,15 +127,18 @@ class Session:
                 self._close(cut_short=True)
         except Exception:
             if not stopping:
-                restore_signals(self._saved_handlers)
                 raise
             log.exception("closing the device workers or the cluster failed")
-        if stopping:  # the signals stay ignored: the handlers go back with Interrupted.restore_signals
+        finally:
+            for handler in self._saved_handlers.values():
+                if stopping and isinstance(handler, StopOnce):
+                    handler.fired = True  # the command's one signal was this one: later ones change nothing
+            restore_signals(self._saved_handlers)
+        if stopping:
             name = signal.Signals(self.signum).name
             log.warning("interrupted: %s; %d rows of this run saved in %s; run the same command again to resume",
                         name, sum(self.summary.statuses.values()), self.store.path)
-            raise Interrupted(self.signum, self._saved_handlers) from None
-        restore_signals(self._saved_handlers)
+            raise Interrupted(self.signum) from None
         return False
 
     def _close(self, cut_short: bool = False) -> None:

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from orchestrator import rows
 from orchestrator.claims import HOST, Claims, alive
+from orchestrator.grid import digest
 from orchestrator.rows import FAILED, STATUSES
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,6 @@ def _kill_point(step: str) -> None:
     """Tests kill the process at a named step (``ATTN_SWEEP_KILL_AT``) to prove every step safe."""
     if os.environ.get("ATTN_SWEEP_KILL_AT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _digest(value) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Store:
@@ -365,7 +360,7 @@ class Store:
         """The target a private cluster gave this machine's cells the last time under these
         conditions (``driver.target_conditions``), or None."""
         try:
-            return json.loads((self.meta / "targets.json").read_text()).get(_digest(conditions))
+            return json.loads((self.meta / "targets.json").read_text()).get(digest(conditions))
         except (OSError, ValueError, AttributeError):
             return None
 
@@ -376,8 +371,8 @@ class Store:
         path = self.meta / "targets.json"
         try:
             known = json.loads(path.read_text()) if path.exists() else {}
-            if known.get(_digest(conditions)) != target:
-                self._write_json(path, {**known, _digest(conditions): target})
+            if known.get(digest(conditions)) != target:
+                self._write_json(path, {**known, digest(conditions): target})
         except (OSError, ValueError, AttributeError):
             pass
 

@@ -72,11 +72,11 @@ class Summary:
         self.measure_s += row.get("measure_s") or 0.0
 
     def command_line(self) -> str:
-        """Where the whole command's time went, for the fixed parts around the cells."""
-        after = max(0.0, (self.command_s or 0.0) - (self.before_s or 0.0) - self.start_s - self.wall_s)
-        whole = f"{self.command_s:.1f} s" if self.command_s is not None else "?"
-        before = f"{self.before_s:.1f} s" if self.before_s is not None else "?"
-        return (f"the whole command: {whole}: {before} before the cluster (interpreter, imports, config), "
+        """Where the whole command's time went, for the fixed parts around the cells (once
+        ``before_s`` and ``command_s`` are known)."""
+        after = max(0.0, self.command_s - self.before_s - self.start_s - self.wall_s)
+        return (f"the whole command: {self.command_s:.1f} s: {self.before_s:.1f} s before the cluster (interpreter, "
+                "imports, config), "
                 f"{self.start_s:.1f} s start (cluster, device workers), {self.wall_s:.1f} s of cells, {after:.1f} s "
                 f"after the last row (compaction {self.compact_s:.1f} s, report {self.report_s:.1f} s; closing the "
                 f"devices and the cluster {self.close_s:.1f} s, beside them)")

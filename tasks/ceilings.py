@@ -52,7 +52,7 @@ def _cpu_size(dt: torch.dtype, most: int = 1024, enough_s: float = 0.01) -> int:
     n = 128
     while n < most:
         a = torch.randn(n, n, dtype=dt)
-        if _time_s(lambda: a @ a, torch.device("cpu"), 3) >= enough_s:  # warm, and the fastest of 3
+        if _time_s(lambda a=a: a @ a, torch.device("cpu"), 3) >= enough_s:  # warm, and the fastest of 3
             break
         n *= 2
     return n

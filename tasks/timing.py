@@ -198,7 +198,8 @@ def more_graphs(again: Callable, n: int, device: torch.device, stream) -> tuple[
         except Exception as exc:  # noqa: BLE001 - out of memory for a copy: the sets made so far
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize(device)
-            return sets, f"input sets: {len(sets) + 1} of {n + 1}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return sets, f"input sets: {len(sets) + 1} of {n + 1}: {why}"
         graph, _, note = capture(step, device, stream)
         if graph is None:
             return sets, f"input sets: {len(sets) + 1} of {n + 1}: {note}"

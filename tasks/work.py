@@ -30,7 +30,8 @@ class Work:
     again: Callable[[], Callable[[], object]] | None = None  # a step on new copies of the inputs (other addresses)
 
 
-def make_step(forward: Callable, inputs: tuple, train: bool, gen: torch.Generator, grad: list | None = None) -> Callable:
+def make_step(forward: Callable, inputs: tuple, train: bool, gen: torch.Generator,
+              grad: list | None = None) -> Callable:
     """The timed step: forward, or forward plus backward against a fixed random gradient, made
     at the first call; ``grad``: a list that holds it, shared by the steps on copies of the inputs."""
     if not train:

@@ -335,7 +335,7 @@ def test_an_unwritable_store_is_one_line_before_ray(tmp_path, where):
 ])
 def test_impossible_settings_are_refused_in_one_line(tmp_path, args, words):
     if "device" in args[0] or "num_gpus" in args[0]:
-        from orchestrator.cluster import host_gpus
+        from orchestrator.config import host_gpus
 
         if host_gpus():
             pytest.skip("this host has a GPU")

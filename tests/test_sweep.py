@@ -63,7 +63,7 @@ def test_a_sweep_with_nothing_left_starts_no_cluster_unless_its_conditions_chang
     made. The cells' target comes from the cluster, so the shortcut holds only where a private
     cluster gave it under the same conditions: with fake GPUs (another target, "any") the
     cluster starts and measures those cells."""
-    from orchestrator.cluster import host_gpus
+    from orchestrator.config import host_gpus
 
     if host_gpus():
         pytest.skip("fake GPUs on a GPU machine still carry its GPU model: the same cells, no other target")

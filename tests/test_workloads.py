@@ -58,7 +58,7 @@ def test_a_step_on_copies_of_the_inputs_computes_the_same(workload, mode):
     with work.pinned():
         first, copy = work.step(), work.again()()
     first, copy = (x if isinstance(x, tuple) else (x,) for x in (first, copy))
-    assert len(first) == len(copy) and all(torch.allclose(a, b) for a, b in zip(first, copy))
+    assert len(first) == len(copy) and all(torch.allclose(a, b) for a, b in zip(first, copy, strict=True))
 
 
 def test_flops_follow_the_conventions():
