@@ -59,6 +59,32 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
     return Status.ERROR.value, (msg + where)[:2000]
 
 
+_LIBRARIES: list[Callable[[], None]] = []  # this process's library steps, from start_device
+
+
+def library_steps(device: torch.device, every_dtype: list[str]) -> list[Callable[[], None]]:
+    """What a cell process loads before its first cell, step by step: cuBLAS in each dtype (its
+    workspace for the default stream included), then the accuracy check's kernels (the fp32
+    math reference, the casts and norms)."""
+
+    def blas(dt: str) -> None:
+        a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
+        a @ a
+
+    def accuracy_kernels() -> None:
+        from tasks.attention import reference, rel_error
+
+        # the check as a cell runs it: the fp32 math backend, the casts, the norm, the copy to the
+        # host (with the reference alone here, a process's first check took 48-52 ms, later ones 5-11)
+        for dt in every_dtype:
+            q = torch.ones(1, 2, 16, 16, device=device, dtype=getattr(torch, dt))
+            for causal in (True, False):
+                rel_error(q, reference(q, q, q, causal))
+        torch.cuda.empty_cache()
+
+    return [*(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels]
+
+
 def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     """This process's device, ready to measure; and its columns (environment, start-up cost).
 
@@ -88,27 +114,13 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
         torch.empty(1, device=device)
         env.update(environment(device))
 
-    def blas(dt: str) -> None:
-        a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
-        a @ a
-
-    def accuracy_kernels() -> None:
-        from tasks.attention import reference, rel_error
-
-        # the check as a cell runs it: the fp32 math backend, the casts, the norm, the copy to the
-        # host (with the reference alone here, a process's first check took 48-52 ms, later ones 5-11)
-        for dt in every_dtype:
-            q = torch.ones(1, 2, 16, 16, device=device, dtype=getattr(torch, dt))
-            for causal in (True, False):
-                rel_error(q, reference(q, q, q, causal))
-        torch.cuda.empty_cache()
-
     def context_bytes() -> None:
         if "gpu_uuid" in env:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
+    _LIBRARIES[:] = library_steps(device, every_dtype)
     waits = []
-    for work in [context, *(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels, context_bytes]:
+    for work in [context, *_LIBRARIES, context_bytes]:
         with gpu_quiet(shared=True) as held:
             work()
             torch.cuda.synchronize(device)
@@ -191,8 +203,13 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
     ``clear``: this process measures another cell next (``run.cells_per_process``): also what a
     cell leaves that the next one's figures would carry, torch.compile's caches after a cell of a
     compiled backend (``spec``'s; the next one compiles afresh, as in a new process) and cuBLAS's
-    workspaces (one per stream used, kept until
-    cleared: NVML's process figure would count them)."""
+    workspaces (one per stream used, kept until cleared: NVML's process figure would count them).
+    Then the library steps of ``start_device`` run again on the emptied cache, so that the next
+    cell finds the memory as a fresh process has it. Made later, in that cell's accuracy check,
+    cuBLAS's 32 MiB workspace took a piece of a segment the cell's freed warm-up output had left
+    cached, and kept the whole segment reserved through the memory pass: flash at batch 32, seq
+    16384 read 10.7 GB reserved in a reused process against 8.6 GB in a fresh one (H100,
+    ``docs/h100x2/probe_reuse_memory.txt``)."""
     backend = backends.BACKENDS.get(spec["backend"]) if spec else None
     if prepared is not None:
         prepared.close()
@@ -205,6 +222,11 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
             torch._C._cuda_clearCublasWorkspaces()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+        if clear:
+            with gpu_quiet(shared=True):
+                for step in _LIBRARIES:
+                    step()
+                torch.cuda.synchronize()
 
 
 class Outcome:
