@@ -148,7 +148,10 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
             out.cols |= cellrun.measure(prepared, nvml, before_memory=previous_gone)
             out.cols["status"] = Status.OK.value
     stay = bool(go.get("stay")) and stays(out.cols)
-    cellrun.release(prepared, clear=stay, spec=spec)  # the device's memory back before the next cell prepares
+    try:
+        cellrun.release(prepared, clear=stay, spec=spec)  # the device's memory back before the next cell prepares
+    except Exception:  # the cell is measured; only this process cannot take another (its exit frees the rest)
+        stay = False
     conn.send(("result", out.done(t_go), stay))  # the runner keeps this process only when it says so
     return stay
 
