@@ -19,8 +19,9 @@ Timing on CUDA (``warm``, then ``timed``; ``time_fn`` runs both):
    With ``input_sets`` > 1 (opt-in), a short call (host-inclusive median under
    ``_SETS_BELOW_MS``) is captured that many times, each graph on its own copy of the inputs,
    and the replays take the graphs in turn: new input addresses moved an 11 us kernel by up to
-   2.8% inside one process (H100), and each process puts them elsewhere. Over several
-   placements the median should repeat better across processes (not yet measured).
+   2.8% inside one process (H100), and each process puts them elsewhere. Measured: four sets
+   did not repeat better across processes (2 x H100, six pairs of sweeps each: max 1.45-4.28%
+   against 1.76-2.27% with one; ``docs/h100x2/sets_5f9e681_gpu*.txt``), so it stays opt-in.
 4. Stop when the median is known well enough: its 95% confidence interval (order statistics)
    within ``precision`` of it, or ``budget_ms`` spent, or ``max_iters`` calls; never before
    ``min_iters``. A long call (tens of ms) stops after ``min_iters``; a short one after as many
