@@ -33,6 +33,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 
@@ -96,7 +97,11 @@ def _serve(conn) -> None:
             conn.send(("probed", {"env": env, "ceilings": ceilings.measure(msg[1], device)}))
             if not msg[2]:
                 os._exit(0)
-            cellrun.release(None, clear=True)
+            try:
+                cellrun.release(None, clear=True)
+            except Exception:  # it cannot take the first cell: the runner replaces it (a traceback in cells.log)
+                traceback.print_exc()
+                os._exit(0)
         elif kind in ("cell", "go"):  # ("go", {"after_pid": the previous cell's process})
             state[kind] = msg[1]
         if device is not None and state["cell"] is not None and state["go"] is not None:
@@ -151,6 +156,7 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
     try:
         cellrun.release(prepared, clear=stay, spec=spec)  # the device's memory back before the next cell prepares
     except Exception:  # the cell is measured; only this process cannot take another (its exit frees the rest)
+        traceback.print_exc()  # into cells.log
         stay = False
     conn.send(("result", out.done(t_go), stay))  # the runner keeps this process only when it says so
     return stay

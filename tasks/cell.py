@@ -209,7 +209,7 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
     cuBLAS's 32 MiB workspace took a piece of a segment the cell's freed warm-up output had left
     cached, and kept the whole segment reserved through the memory pass: flash at batch 32, seq
     16384 read 10.7 GB reserved in a reused process against 8.6 GB in a fresh one (H100,
-    ``docs/h100x2/probe_reuse_memory.txt``)."""
+    ``docs/h100x2/probe_reuse_memory_5f9e681.txt`` and ``..._1d9b39a.txt``)."""
     backend = backends.BACKENDS.get(spec["backend"]) if spec else None
     if prepared is not None:
         prepared.close()
@@ -222,10 +222,9 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
             torch._C._cuda_clearCublasWorkspaces()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-        if clear:
-            with gpu_quiet(shared=True):
-                for step in _LIBRARIES:
-                    step()
+        for step in _LIBRARIES if clear else ():
+            with gpu_quiet(shared=True):  # step by step, as in the start
+                step()
                 torch.cuda.synchronize()
 
 
