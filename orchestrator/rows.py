@@ -105,7 +105,8 @@ COLUMNS: list[Column] = [
     Column("pct_of_bandwidth_ceiling", F, "bytes / median seconds / ceiling_gbps, %"),
     Column("rel_error", F, "||out - ref|| / ||ref|| against fp32 math on a (batch, head) slice"),
     # memory: one call in a pass of its own
-    Column("inputs_bytes", I, "PyTorch memory allocated before the memory pass (the inputs)"),
+    Column("inputs_bytes", I, "PyTorch memory allocated before the memory pass (the inputs, and cuBLAS's workspace on "
+           "a GPU)"),
     Column("peak_allocated_bytes", I, "PyTorch peak allocated during one call, above inputs_bytes"),
     Column("peak_allocated_total_bytes", I, "PyTorch peak allocated, inputs included"),
     Column("peak_reserved_bytes", I, "PyTorch peak reserved by the caching allocator during the memory pass"),
