@@ -9,11 +9,12 @@
 A run is a kind of settings (``KINDS``), optionally ``:N`` GPUs; each measures the same cells
 into a store of its own (``run.rerun=all``). The first two runs of the first kind give the
 run-to-run spread of the reported median (targets: max 3%, p90 1% over the ok cells); every
-other run is compared with the first: how far its medians are, and how many of the cells of
-50 us and more agree within 2%. ``old`` is the protocol before this one (each call between
-events, a fixed 500 ms budget); against it the new ``host_median_ms`` (each call between events,
-as old) is compared too, since the new ``median_ms`` is a CUDA-graph replay. Last, every pair
-of runs of one kind, run to run, with its worst cells.
+other run is compared with the first: how far its medians are, how many of the cells of
+50 us and more agree within 2%, and how many cells read the same memory figures. ``old`` is
+the protocol before this one (each call between events, a fixed 500 ms budget); against it the
+new ``host_median_ms`` (each call between events, as old) is compared too, since the new
+``median_ms`` is a CUDA-graph replay. Last, every pair of runs of one kind, run to run, with its
+worst cells.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def main() -> None:
                      f"{int((host <= 0.02).sum())}/{int((both & big).sum())} within 2%, |diff| median "
                      f"{host.median() * 100:.2f}%")
         print(line)
+        memory = memory_agreement(base, other, both)
+        if memory:
+            print(f"  memory, {name} against {names[0]}: {memory}")
         if "sm_clock_mhz" in base and base.sm_clock_mhz.notna().any() and "sm_clock_mhz" in other:
             over = both & big & (moved > 0.03)
             cyc_b, cyc_o = base.median_ms * base.sm_clock_mhz, other.median_ms * other.sm_clock_mhz
@@ -126,6 +130,25 @@ def main() -> None:
                 print(cols.to_string(float_format=lambda x: f"{x:.4f}"))
 
     pairs_of_each_kind(out)
+
+
+MEMORY = ["peak_allocated_bytes", "peak_reserved_bytes", "nvml_process_peak_bytes"]
+
+
+def memory_agreement(base, other, both) -> str:
+    """Each memory column of the cells ok in both runs: how many read the same, and how far the
+    others are (a cell's figures should be its own: ``reuse`` against ``new`` shows whether a
+    reused process leaves anything behind)."""
+    parts = []
+    for col in MEMORY:
+        if col not in base or col not in other:
+            continue
+        d = (other[col] - base[col])[both].dropna()
+        if d.empty:
+            continue
+        parts.append(f"{col} equal in {int((d == 0).sum())}/{len(d)}, {d.min() / 1e6:+.1f} to {d.max() / 1e6:+.1f} MB "
+                     f"(median {d.median() / 1e6:+.1f})")
+    return "; ".join(parts)
 
 
 def pairs_of_each_kind(out: dict) -> None:
