@@ -97,10 +97,7 @@ def _serve(conn) -> None:
             conn.send(("probed", {"env": env, "ceilings": ceilings.measure(msg[1], device)}))
             if not msg[2]:
                 os._exit(0)
-            try:
-                cellrun.release(None, clear=True)
-            except Exception:  # it cannot take the first cell: the runner replaces it (a traceback in cells.log)
-                traceback.print_exc()
+            if not _released(cellrun, None, clear=True):  # it cannot take the first cell: the runner replaces it
                 os._exit(0)
         elif kind in ("cell", "go"):  # ("go", {"after_pid": the previous cell's process})
             state[kind] = msg[1]
@@ -129,6 +126,16 @@ def stays(row: dict) -> bool:
             and not (row.get("timing_note") or "").startswith("not capturable"))
 
 
+def _released(cellrun, prepared, clear: bool, spec: dict | None = None) -> bool:
+    """``cellrun.release``; False, with the traceback in cells.log, when it raised."""
+    try:
+        cellrun.release(prepared, clear=clear, spec=spec)
+        return True
+    except Exception:  # noqa: BLE001 - whatever it was, the caller ends this process
+        traceback.print_exc()
+        return False
+
+
 def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
     """Prepare's outcome measured and sent; True when this process stays for another cell."""
     from tasks.device import HAS_NVML, Nvml, nvml_handle, wait_gone, wait_released
@@ -153,11 +160,9 @@ def _measure(conn, cellrun, out, prepared, env, spec, device, go: dict) -> bool:
             out.cols |= cellrun.measure(prepared, nvml, before_memory=previous_gone)
             out.cols["status"] = Status.OK.value
     stay = bool(go.get("stay")) and stays(out.cols)
-    try:
-        cellrun.release(prepared, clear=stay, spec=spec)  # the device's memory back before the next cell prepares
-    except Exception:  # the cell is measured; only this process cannot take another (its exit frees the rest)
-        traceback.print_exc()  # into cells.log
-        stay = False
+    # the device's memory back before the next cell prepares; if that fails, the cell is measured all the same,
+    # and only this process cannot take another (its exit frees the rest)
+    stay = _released(cellrun, prepared, clear=stay, spec=spec) and stay
     conn.send(("result", out.done(t_go), stay))  # the runner keeps this process only when it says so
     return stay
 

@@ -85,6 +85,16 @@ def library_steps(device: torch.device, every_dtype: list[str]) -> list[Callable
     return [*(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels]
 
 
+def gpu_step(work: Callable[[], None]) -> float | None:
+    """One step of a cell process's start, GPU work included, with the GPU's lock held shared:
+    another cell's quiet window waits for one such step at most. Seconds it waited for the lock
+    (None: no lock files)."""
+    with gpu_quiet(shared=True) as held:
+        work()
+        torch.cuda.synchronize()
+    return held.waited_s
+
+
 def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     """This process's device, ready to measure; and its columns (environment, start-up cost).
 
@@ -119,12 +129,7 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
     _LIBRARIES[:] = library_steps(device, every_dtype)
-    waits = []
-    for work in [context, *_LIBRARIES, context_bytes]:
-        with gpu_quiet(shared=True) as held:
-            work()
-            torch.cuda.synchronize(device)
-        waits.append(held.waited_s)
+    waits = [gpu_step(work) for work in [context, *_LIBRARIES, context_bytes]]
     return device, env | {"startup_s": time.perf_counter() - t0,
                           "startup_wait_s": None if None in waits else sum(waits)}
 
@@ -222,10 +227,9 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
             torch._C._cuda_clearCublasWorkspaces()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-        for step in _LIBRARIES if clear else ():
-            with gpu_quiet(shared=True):  # step by step, as in the start
-                step()
-                torch.cuda.synchronize()
+        if clear:
+            for step in _LIBRARIES:
+                gpu_step(step)
 
 
 class Outcome:

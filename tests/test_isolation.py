@@ -241,6 +241,24 @@ def test_a_kept_process_that_dies_between_cells_is_not_the_next_cells_fault(serv
     assert third["pid"] == second["pid"] and third["process_cell"] == 2
 
 
+def test_a_clean_up_that_fails_keeps_the_measured_cell_and_ends_its_process(tmp_path):
+    """run.cells_per_process=0: when freeing a measured cell's memory for the next cell raises, the
+    cell's row is still its measurement (not a crash), the next cell runs in a fresh process, and
+    the traceback is in the log."""
+    log = tmp_path / "cells.log"
+    address, proc = forkserver.start(preload=[*forkserver.PRELOAD, "release_fails"], log=str(log))
+    runner = ForkRunner(address, "cpu", cells_per_process=0)
+    try:
+        rows = [runner.run(spec(b), 60) for b in ["math", "flash", "eager", "math"]]
+    finally:
+        runner.close()
+        forkserver.stop(address, proc)
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
+    assert rows[0]["pid"] == rows[1]["pid"] != rows[2]["pid"] == rows[3]["pid"]
+    assert [r["process_cell"] for r in rows] == [1, 2, 1, 2]
+    assert "the clean-up after a flash cell failed on purpose" in log.read_text()
+
+
 def test_what_a_process_may_measure_after():
     """The rule both ends apply (the cell process, and the runner keeping it): clean, refused or out
     of memory, it goes on; an error, a crash, a timeout or a failed graph capture ends it."""
