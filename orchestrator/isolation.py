@@ -82,11 +82,11 @@ def _serve(conn) -> None:
     while True:
         msg = conn.recv()  # EOFError: the runner closed, never given a cell
         kind = msg[0]
-        if kind == "start":  # ("start", visible_devices, device kind)
+        if kind == "start":  # ("start", visible_devices, device kind, dtypes)
             if msg[1] is not None:
                 os.environ["CUDA_VISIBLE_DEVICES"] = msg[1]
             try:
-                device, env = cellrun.start_device(msg[2])
+                device, env = cellrun.start_device(msg[2], msg[3])
             except Exception as exc:
                 conn.send(("start_failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
                 os._exit(0)
@@ -259,7 +259,7 @@ class ForkRunner:
         return child
 
     def _start(self, child: Child) -> None:
-        child.send("start", self.visible, self.device)
+        child.send("start", self.visible, self.device, self.dtypes)
         child.started = True
 
     def probe(self) -> dict:

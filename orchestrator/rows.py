@@ -106,8 +106,8 @@ COLUMNS: list[Column] = [
     Column("rel_error", F, "||out - ref|| / ||ref|| against fp32 math (attention: up to 256 query rows of a "
                               "(batch, head) slice, on the host; encoder: one sample, on the device)"),
     # memory: one call in a pass of its own
-    Column("inputs_bytes", I, "PyTorch memory allocated before the memory pass (the inputs; on a GPU also cuBLAS's "
-           "workspace where the call uses cuBLAS)"),
+    Column("inputs_bytes", I, "PyTorch memory allocated before the memory pass (the inputs, and cuBLAS's workspace on "
+           "a GPU)"),
     Column("peak_allocated_bytes", I, "PyTorch peak allocated during one call, above inputs_bytes"),
     Column("peak_allocated_total_bytes", I, "PyTorch peak allocated, inputs included"),
     Column("peak_reserved_bytes", I, "PyTorch peak reserved by the caching allocator during the memory pass"),
@@ -118,8 +118,8 @@ COLUMNS: list[Column] = [
                                       "holds what the call reserved)"),
     Column("nvml_process_peak_bytes", I, "NVML memory of the cell's own process after the call: its CUDA context, "
                                          "library workspaces, inputs and the call's peak reservation"),
-    Column("nvml_context_bytes", I, "NVML memory of the cell's process before its inputs: its CUDA context "
-                                    "(libraries load later, in the cell's first call)"),
+    Column("nvml_context_bytes", I, "NVML memory of the cell's process before its inputs: CUDA context and "
+                                    "library handles (cuBLAS, cuDNN)"),
     Column("kernels", S, "what one recorded call ran (`;`-separated): ATen operators, or GPU kernels with "
                          "measure.kernels=gpu"),
     Column("kernels_match", B, "whether those belong to the pinned backend"),
@@ -155,8 +155,8 @@ COLUMNS: list[Column] = [
     Column("accuracy_s", F, "seconds of the accuracy check"),
     Column("spawn_s", F, "seconds from the cell's turn on its device to its process being ready (about 0 when "
                          "started ahead)"),
-    Column("startup_s", F, "seconds of the cell process's driver and CUDA context start (hidden behind "
-                           "earlier cells when prewarmed)"),
+    Column("startup_s", F, "seconds of the cell process's CUDA context and library start (hidden behind earlier "
+                           "cells when prewarmed)"),
     Column("startup_wait_s", F, "of startup_s, seconds its steps waited for the GPU's lock (other cells' quiet "
                                 "windows; null on the CPU)"),
     Column("previous_wait_s", F, "seconds the cell waited, before its quiet window, for the previous cell's "

@@ -98,7 +98,7 @@ def probe_task(device: str, dtypes: list[str]) -> dict:
     from tasks.cell import start_device
 
     try:
-        dev, env = start_device(device)
+        dev, env = start_device(device, dtypes)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]} | where()
     return {"env": env, "ceilings": ceilings.measure(dtypes, dev)} | where()

@@ -4,11 +4,10 @@ A cell's life has three phases, which the pool runs overlapped across cells (a c
 ``start_device`` and ``prepare`` happen while the previous cell on the device still works;
 see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 
-1. ``start_device``: the driver and the CUDA context (0.27 s alone on an H200, of which 0.14 s
-   the driver's start), the environment record.
-2. ``prepare``: the inputs and the first call (lazy loading of cuBLAS and the backend's kernels,
-   plan building, compilation).
-3. ``measure``: warm-up, the accuracy check (on the host), the kernel check, then the quiet window:
+1. ``start_device``: the driver, the CUDA context, cuBLAS in the sweep's dtypes (0.36 s alone on
+   an H200, of which 0.14 s the driver's start), the environment record.
+2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
+3. ``measure``: warm-up, the fp32 accuracy check (on the host), the kernel check, then the quiet window:
    the memory pass, the host-inclusive calls and the timing. ``before_memory`` is called before
    the memory pass (the previous cell's process and memory must be gone for NVML's device
    reading). The next cell prepares only once this one has measured and freed its memory.
@@ -20,6 +19,7 @@ or the CPU).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
 import os
@@ -57,6 +57,22 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
     return Status.ERROR.value, (msg + where)[:2000]
 
 
+_LIBRARIES: list[Callable[[], None]] = []  # this process's library steps, from start_device
+HOST_THREADS = 4  # a GPU cell process's CPU threads (its host accuracy check); torch's default is every core
+
+
+def library_steps(device: torch.device, dtypes: list[str]) -> list[Callable[[], None]]:
+    """What a cell process loads before its first cell, step by step: cuBLAS in each of the sweep's
+    dtypes (its workspace for the default stream included). The accuracy check needs nothing on the
+    device: it runs on the host (``tasks/attention.py``; the encoder's loads in its own check)."""
+
+    def blas(dt: str) -> None:
+        a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
+        a @ a
+
+    return [functools.partial(blas, dt) for dt in dtypes]
+
+
 def gpu_step(work: Callable[[], None]) -> float | None:
     """One step of a cell process's start, GPU work included, with the GPU's lock held shared:
     another cell's quiet window waits for one such step at most. Seconds it waited for the lock
@@ -67,26 +83,27 @@ def gpu_step(work: Callable[[], None]) -> float | None:
     return held.waited_s
 
 
-def start_device(kind: str) -> tuple[torch.device, dict]:
+def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     """This process's device, ready to measure; and its columns (environment, start-up cost).
 
     On a GPU: first the driver's start (``torch.cuda.init``: the driver and the devices, no
-    context; 0.14 s alone on an H200), host work that may overlap another cell's timing; then the
-    CUDA context, in a step that holds the GPU's lock shared (``gpu_quiet``) and finishes its GPU
-    work within it, so that a cell's quiet window on this GPU waits for it at most. A context
-    starting beside another process's timed calls of 3.6-49 ms moved single calls by 13-54%
-    (``docs/h200x2/probe_disturb_long.txt``, one process starting).
+    context; 0.14 s alone on an H200), host work that may overlap another cell's timing; then,
+    in steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU work
+    within it, so that a cell's quiet window on this GPU waits for one step at most: the
+    context, then cuBLAS in each of the sweep's dtypes. No measured phase pays for loading these.
+    Each of those steps moves another process's timed calls of 3.6-49 ms
+    (``docs/h200x2/probe_disturb_long.txt``, worst single call with one process starting): the
+    context by 13-54%, cuBLAS by 1-3.3%. With cuBLAS loading beside windows (1b953d6), two
+    sweeps' medians of the same cells differed by up to 13% (p90 3.0%).
 
-    Nothing else loads here. cuBLAS (math and eager cells) and a backend's kernels load in the
-    cell's first call (``first_call_s``), which never overlaps another cell's quiet window on the
-    GPU: a cell prepares only once the previous one has measured. The accuracy check runs on the
-    host. Until 9b38ad5 the start also loaded cuBLAS in each dtype and the fp32 reference's kernels
-    under the lock, another 0.28 s a process on an H200 (``docs/h200x2/probe_start.txt``), which a
-    sweep of small cells paid in full: each cell's quiet window waited for the next process's start."""
+    Until 9b38ad5 the start also loaded the fp32 accuracy reference's kernels and cuBLAS in fp32
+    (0.2 s of the lock a process on an H200, ``docs/h200x2/probe_start.txt``), which a sweep of
+    small cells paid in full; the check now runs on the host, on ``HOST_THREADS`` threads."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
     device = torch.device("cuda", 0)
+    torch.set_num_threads(HOST_THREADS)  # the host's share of a GPU cell: its accuracy check
     env: dict = {}
     # beside timed calls of 3.6-49 ms it moved one call by 2.8%, the others by less than 2% (probe_disturb_long.txt);
     # two sweeps with it outside the lock: p90 0.86%, 89 of 90 cells of 50 us and more within 2% (H200). Before
@@ -102,7 +119,8 @@ def start_device(kind: str) -> tuple[torch.device, dict]:
         if "gpu_uuid" in env:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
-    waits = [gpu_step(work) for work in (context, context_bytes)]
+    _LIBRARIES[:] = library_steps(device, sorted(set(dtypes)))
+    waits = [gpu_step(work) for work in [context, *_LIBRARIES, context_bytes]]
     return device, env | {"startup_s": time.perf_counter() - t0,
                           "startup_wait_s": None if None in waits else sum(waits)}
 
@@ -181,9 +199,13 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
     ``clear``: this process measures another cell next (``run.cells_per_process``): also what a
     cell leaves that the next one's figures would carry, torch.compile's caches after a cell of a
     compiled backend (``spec``'s; the next one compiles afresh, as in a new process) and cuBLAS's
-    workspaces (one per stream used, kept until cleared: NVML's process figure would count them,
-    and one made before a cell's inputs sits where a fresh process has none). The next cell's first
-    call makes them again after its inputs, as in a fresh process."""
+    workspaces (one per stream used, kept until cleared: NVML's process figure would count them).
+    Then the library steps of ``start_device`` run again on the emptied cache, so that the next
+    cell finds the memory as a fresh process has it. Made later, in that cell's accuracy check,
+    cuBLAS's 32 MiB workspace took a piece of a segment the cell's freed warm-up output had left
+    cached, and kept the whole segment reserved through the memory pass: flash at batch 32, seq
+    16384 read 10.7 GB reserved in a reused process against 8.6 GB in a fresh one (H100,
+    ``docs/h100x2/probe_reuse_memory_5f9e681.txt`` and ``..._1d9b39a.txt``)."""
     backend = backends.BACKENDS.get(spec["backend"]) if spec else None
     if prepared is not None:
         prepared.close()
@@ -196,6 +218,9 @@ def release(prepared: Prepared | None, clear: bool = False, spec: dict | None = 
             torch._C._cuda_clearCublasWorkspaces()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+        if clear:
+            for step in _LIBRARIES:
+                gpu_step(step)
 
 
 class Outcome:
@@ -234,7 +259,7 @@ def run_cell(spec: dict, on_ready: Callable = lambda: None) -> dict:
     ``on_ready`` is called once the device is up, when the cell's own work begins."""
     out, t_go, prepared = Outcome(), None, None
     with out:
-        device, env = start_device(spec["device"])
+        device, env = start_device(spec["device"], [spec["dtype"]])
         out.cols |= env | {"process_cell": 1}
         on_ready()
         t_go = time.perf_counter()

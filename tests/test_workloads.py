@@ -89,7 +89,7 @@ def test_the_attention_check_samples_rows_of_a_long_sequence_and_checks_them_exa
     """Past REF_ROWS query rows the host reference takes REF_ROWS of them, spread from the first
     to the last; each is the full fp32 attention row (causal mask included), so a correct output
     reads fp32 rounding and a wrong mask reads a large error."""
-    from tasks.attention import REF_ROWS, reference, ref_rows, rel_error
+    from tasks.attention import REF_ROWS, ref_rows, reference, rel_error
 
     n = 4 * REF_ROWS + 3
     rows = ref_rows(n)

@@ -55,7 +55,7 @@ def spec(backend, b, n):
 
 
 def main() -> None:
-    device, env = cell.start_device("cuda" if gpu else "cpu")
+    device, env = cell.start_device("cuda" if gpu else "cpu", ["bfloat16" if gpu else "float32"])
     if gpu:
         torch.cuda.memory._record_memory_history(max_entries=200000)
     cells = [("flash", 32, 4096), ("cudnn", 1, 16384), ("flash", 32, 4096), ("eager", 1, 128), ("cudnn", 1, 16384),

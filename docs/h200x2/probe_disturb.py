@@ -45,7 +45,7 @@ def timer_main(cell, w, seconds):
     from tasks import cell as cellrun
     from tasks import timing
 
-    device, _ = cellrun.start_device("cuda")
+    device, _ = cellrun.start_device("cuda", ["bfloat16"])
     p = cellrun.Prepared(spec(*cell), device)
     warmed, out = timing.warm(p.work.step, device, timing.Protocol())
     del out

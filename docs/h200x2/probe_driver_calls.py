@@ -29,7 +29,7 @@ def measurer(w, seconds):
     from tasks import cell as cellrun
     from tasks import timing
 
-    device, _ = cellrun.start_device("cuda")
+    device, _ = cellrun.start_device("cuda", ["bfloat16"])
     p = cellrun.Prepared(spec("flash", 1, 256), device)
     warmed, out = timing.warm(p.work.step, device, timing.Protocol())
     del out

@@ -13,7 +13,7 @@ from tasks.cell import Prepared, start_device
 from tasks.device import CLOCK_LIMITS, nvml_handle
 from tasks.timing import Protocol, Timer, capture, warm
 
-device, env = start_device("cuda")
+device, env = start_device("cuda", ["bfloat16"])
 h = nvml_handle(env["gpu_uuid"])
 print(env["device_name"], "max SM clock", pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM), "MHz,",
       "power limit", pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000, "W")

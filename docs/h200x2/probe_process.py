@@ -25,7 +25,7 @@ from tasks.kernels import _gpu_kernels
 proc = int(sys.argv[2])
 if os.environ.get("PROBE_PRELOAD"):  # what a sweep's forkserver imports and runs before forking a cell
     import tasks.preload
-device, env = start_device("cuda")
+device, env = start_device("cuda", ["bfloat16"])
 nvml = Nvml(nvml_handle(env["gpu_uuid"]))
 m = dict(warmup_iters=1, warmup_ms=25, budget_ms=300, min_iters=3, max_iters=1000, precision=0.002, flush_l2=True,
          memory=False, accuracy=False, kernels="off", method="auto")
