@@ -103,8 +103,7 @@ COLUMNS: list[Column] = [
     Column("ceiling_gbps", F, "this device's measured memory bandwidth (GB/s, read + write of a large copy)"),
     Column("pct_of_compute_ceiling", F, "tflops / ceiling_tflops, %"),
     Column("pct_of_bandwidth_ceiling", F, "bytes / median seconds / ceiling_gbps, %"),
-    Column("rel_error", F, "||out - ref|| / ||ref|| against fp32 math (attention: up to 256 query rows of a "
-                              "(batch, head) slice, on the host; encoder: one sample, on the device)"),
+    Column("rel_error", F, "||out - ref|| / ||ref|| against fp32 math on a (batch, head) slice"),
     # memory: one call in a pass of its own
     Column("inputs_bytes", I, "PyTorch memory allocated before the memory pass (the inputs, and cuBLAS's workspace on "
            "a GPU)"),

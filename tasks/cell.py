@@ -4,10 +4,12 @@ A cell's life has three phases, which the pool runs overlapped across cells (a c
 ``start_device`` and ``prepare`` happen while the previous cell on the device still works;
 see ``orchestrator/isolation.py``), and ``run_cell`` runs back to back:
 
-1. ``start_device``: the driver, the CUDA context, cuBLAS in the sweep's dtypes (0.36 s alone on
-   an H200, of which 0.14 s the driver's start), the environment record.
+1. ``start_device``: the driver, the CUDA context, cuBLAS and the fp32 kernels of the accuracy
+   check (0.55 s alone on an H200, of which 0.14 s the driver's start; a median 1.07-1.2 s a
+   cell in paced sweeps there, waits for other cells' quiet windows included), the environment
+   record.
 2. ``prepare``: the inputs and the first call (lazy loading, plan building, compilation).
-3. ``measure``: warm-up, the fp32 accuracy check (on the host), the kernel check, then the quiet window:
+3. ``measure``: warm-up, the fp32 accuracy check, the kernel check, then the quiet window:
    the memory pass, the host-inclusive calls and the timing. ``before_memory`` is called before
    the memory pass (the previous cell's process and memory must be gone for NVML's device
    reading). The next cell prepares only once this one has measured and freed its memory.
@@ -58,19 +60,29 @@ def classify(exc: BaseException, caught: list) -> tuple[str, str]:
 
 
 _LIBRARIES: list[Callable[[], None]] = []  # this process's library steps, from start_device
-HOST_THREADS = 4  # a GPU cell process's CPU threads (its host accuracy check); torch's default is every core
 
 
-def library_steps(device: torch.device, dtypes: list[str]) -> list[Callable[[], None]]:
-    """What a cell process loads before its first cell, step by step: cuBLAS in each of the sweep's
-    dtypes (its workspace for the default stream included). The accuracy check needs nothing on the
-    device: it runs on the host (``tasks/attention.py``; the encoder's loads in its own check)."""
+def library_steps(device: torch.device, every_dtype: list[str]) -> list[Callable[[], None]]:
+    """What a cell process loads before its first cell, step by step: cuBLAS in each dtype (its
+    workspace for the default stream included), then the accuracy check's kernels (the fp32
+    math reference, the casts and norms)."""
 
     def blas(dt: str) -> None:
         a = torch.ones(16, 16, device=device, dtype=getattr(torch, dt))
         a @ a
 
-    return [functools.partial(blas, dt) for dt in dtypes]
+    def accuracy_kernels() -> None:
+        from tasks.attention import reference, rel_error
+
+        # the check as a cell runs it: the fp32 math backend, the casts, the norm, the copy to the
+        # host (with the reference alone here, a process's first check took 48-52 ms, later ones 5-11)
+        for dt in every_dtype:
+            q = torch.ones(1, 2, 16, 16, device=device, dtype=getattr(torch, dt))
+            for causal in (True, False):
+                rel_error(q, reference(q, q, q, causal))
+        torch.cuda.empty_cache()
+
+    return [*(functools.partial(blas, dt) for dt in every_dtype), accuracy_kernels]
 
 
 def gpu_step(work: Callable[[], None]) -> float | None:
@@ -90,20 +102,17 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
     context; 0.14 s alone on an H200), host work that may overlap another cell's timing; then,
     in steps that each hold the GPU's lock shared (``gpu_quiet``) and finish their GPU work
     within it, so that a cell's quiet window on this GPU waits for one step at most: the
-    context, then cuBLAS in each of the sweep's dtypes. No measured phase pays for loading these.
-    Each of those steps moves another process's timed calls of 3.6-49 ms
-    (``docs/h200x2/probe_disturb_long.txt``, worst single call with one process starting): the
-    context by 13-54%, cuBLAS by 1-3.3%. With cuBLAS loading beside windows (1b953d6), two
-    sweeps' medians of the same cells differed by up to 13% (p90 3.0%).
-
-    Until 9b38ad5 the start also loaded the fp32 accuracy reference's kernels and cuBLAS in fp32
-    (0.2 s of the lock a process on an H200, ``docs/h200x2/probe_start.txt``), which a sweep of
-    small cells paid in full; the check now runs on the host, on ``HOST_THREADS`` threads."""
+    context, cuBLAS in each dtype, the accuracy check's kernels (the fp32 math reference, the
+    casts and norms). No measured phase pays for loading these. Each of those steps moves
+    another process's timed calls of 3.6-49 ms (``docs/h200x2/probe_disturb_long.txt``, worst
+    single call with one process starting): the context by 13-54%, cuBLAS by 1-3.3%, the
+    accuracy kernels by 7-25%. With cuBLAS and the accuracy kernels loading beside windows
+    (1b953d6), two sweeps' medians of the same cells differed by up to 13% (p90 3.0%)."""
     t0 = time.perf_counter()
     if kind != "cuda":
         return torch.device("cpu"), environment(torch.device("cpu")) | {"startup_s": time.perf_counter() - t0}
     device = torch.device("cuda", 0)
-    torch.set_num_threads(HOST_THREADS)  # the host's share of a GPU cell: its accuracy check
+    every_dtype = sorted({*dtypes, "float32"})
     env: dict = {}
     # beside timed calls of 3.6-49 ms it moved one call by 2.8%, the others by less than 2% (probe_disturb_long.txt);
     # two sweeps with it outside the lock: p90 0.86%, 89 of 90 cells of 50 us and more within 2% (H200). Before
@@ -119,7 +128,7 @@ def start_device(kind: str, dtypes=()) -> tuple[torch.device, dict]:
         if "gpu_uuid" in env:
             env["nvml_context_bytes"] = Nvml(nvml_handle(env["gpu_uuid"])).process_used()
 
-    _LIBRARIES[:] = library_steps(device, sorted(set(dtypes)))
+    _LIBRARIES[:] = library_steps(device, every_dtype)
     waits = [gpu_step(work) for work in [context, *_LIBRARIES, context_bytes]]
     return device, env | {"startup_s": time.perf_counter() - t0,
                           "startup_wait_s": None if None in waits else sum(waits)}

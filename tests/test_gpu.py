@@ -174,11 +174,11 @@ def test_a_call_that_cannot_be_captured_falls_back_to_events_and_says_why():
 
 @pytest.mark.parametrize("workload,seq", [("attention", 16384), ("encoder", 8192)])
 def test_nvml_memory_is_the_kernels_not_the_accuracy_references(workload, seq):
-    """flash at a long sequence, batch 1: NVML's figures are read around the memory pass, so
-    they show the kernel's memory (and the process's CUDA context), not the accuracy check's nor
-    the L2-flush buffer's. The attention op's reference is computed on the host; the encoder's on
-    the GPU, an fp32 encoder with math attention and a real mask (4 GiB of scores for 16 heads at
-    seq 8192), far more than the kernel needs."""
+    """flash at a long sequence, batch 1: its fp32 accuracy reference needs far more than the
+    kernel (the attention op's: 2 GiB of scores for two heads at seq 16384; the encoder's, an fp32
+    encoder with math attention and a real mask: 4 GiB of scores for 16 heads at seq 8192); NVML's
+    figures are read around the memory pass, so they show the kernel's memory (and the process's
+    CUDA context), not the reference's."""
     others = gpu_used_by_others()  # this test process's own context and cache, the driver's share
     row = fresh_process_cell(spec("flash", seq=seq, workload=workload, batch_size=1))  # as a sweep runs it
     assert row["status"] == "ok", row["error"]

@@ -84,25 +84,6 @@ def test_low_precision_encoder_is_checked_against_fp32():
     assert 1e-4 < r["rel_error"] < 5e-2  # bf16 rounding, not a wrong result
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_the_attention_check_samples_rows_of_a_long_sequence_and_checks_them_exactly(causal):
-    """Past REF_ROWS query rows the host reference takes REF_ROWS of them, spread from the first
-    to the last; each is the full fp32 attention row (causal mask included), so a correct output
-    reads fp32 rounding and a wrong mask reads a large error."""
-    from tasks.attention import REF_ROWS, ref_rows, reference, rel_error
-
-    n = 4 * REF_ROWS + 3
-    rows = ref_rows(n)
-    assert len(rows) == REF_ROWS and rows[0] == 0 and rows[-1] == n - 1 and len(set(rows.tolist())) == REF_ROWS
-    q, k, v = (torch.randn(2, 3, n, 16) for _ in range(3))
-    full = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    ref = reference(q, k, v, causal)
-    assert torch.allclose(ref, full[:1, :2, rows], atol=1e-5)
-    assert rel_error(full, ref) < 1e-5
-    wrong = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=not causal)
-    assert rel_error(wrong, ref) > 0.05
-
-
 def test_a_wrong_encoder_output_shows_in_rel_error(monkeypatch):
     """The fp32 reference is independent: a non-causal eager kernel is caught."""
     from tasks import backends
