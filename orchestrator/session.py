@@ -136,8 +136,10 @@ class Session:
             restore_signals(self._saved_handlers)
         if stopping:
             name = signal.Signals(self.signum).name
-            log.warning("interrupted: %s; %d rows of this run saved in %s; run the same command again to resume",
-                        name, sum(self.summary.statuses.values()), self.store.path)
+            again = ("run the same command without run.rerun=all to resume (with it, every cell is measured again)"
+                     if self.cfg.run.rerun == "all" else "run the same command again to resume")
+            log.warning("interrupted: %s; %d rows of this run saved in %s; %s",
+                        name, sum(self.summary.statuses.values()), self.store.path, again)
             raise Interrupted(self.signum) from None
         return False
 

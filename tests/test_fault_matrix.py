@@ -255,12 +255,15 @@ def test_sigterm_during_the_report_ends_with_143_and_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_gives_a_library_caller_its_signal_handlers_back(tmp_path):
-    """driver.run in a caller's process: Interrupted, the rows kept, and Ctrl-C the caller's again."""
+@pytest.mark.parametrize("rerun", ["none", "all"])
+def test_an_interrupted_run_gives_a_library_caller_its_signal_handlers_back(tmp_path, caplog, rerun):
+    """driver.run in a caller's process: Interrupted, the rows kept, and Ctrl-C the caller's again.
+    The line says how to resume: the same command, or without run.rerun=all, which would measure
+    every cell again."""
     from orchestrator.errors import Interrupted
 
     store = tmp_path / "results"
-    cfg = make_cfg(*LONG, store=store)
+    cfg = make_cfg(*LONG, f"run.rerun={rerun}", store=store)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     over = threading.Event()  # run returned: no signal for this process any more (other tests run in it)
@@ -282,6 +285,9 @@ def test_an_interrupted_run_gives_a_library_caller_its_signal_handlers_back(tmp_
     assert caught.value.signum == signal.SIGINT
     assert {sig: signal.getsignal(sig) for sig in before} == before
     assert len(Store(store).read()) >= 3
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted:")]
+    resume = "without run.rerun=all to resume" if rerun == "all" else "run the same command again to resume"
+    assert len(said) == 1 and resume in said[0], said
 
 
 # ------------------------------------------------------------------ a full disk, an unwritable store
