@@ -1,5 +1,6 @@
 """``python -m orchestrator [+sweep=NAME] [overrides]`` (or ``attn-sweep``): run a sweep (see conf/)."""
 
+import logging
 import sys
 
 import hydra
@@ -13,12 +14,17 @@ _jobs = 0  # runs of this command so far: the first one's time counts from the p
 @hydra.main(version_base="1.3", config_path=cli.CONF, config_name="config")
 def app(cfg) -> None:
     global _jobs
+    import orchestrator
     from orchestrator import driver
     from orchestrator.summary import process_started_at
 
-    began_at = process_started_at() if _jobs == 0 else None
+    began_at, before = process_started_at(orchestrator.imported_at) if _jobs == 0 else (None, None)
     _jobs += 1
     cli.console()
+    if before is not None:
+        logging.getLogger("orchestrator").info(
+            "this process began %.1f s before Python did (what a shell ran before it exec'd python): the whole "
+            "command's time counts from Python's start", before)
     code = driver.main(cfg, HydraConfig.get().runtime.output_dir, began_at)
     if code:
         sys.exit(code)

@@ -29,17 +29,28 @@ def cost_estimate(cell: Cell, measure, flops: float) -> float:
     return CELL_OVERHEAD_S + measure.warmup_ms / 1e3 + 6 * call_s + timed
 
 
-def process_started_at() -> float | None:
-    """When this process started (the interpreter's start included; epoch seconds), from /proc;
-    None where there is no /proc."""
+EXEC_GAP_S = 2.0  # Python's own start (interpreter, site) takes well under this: a larger gap is not Python's
+
+
+def process_started_at(python_at: float) -> tuple[float, float | None]:
+    """When this command started (epoch seconds), and the seconds before it left out (or None).
+
+    The process's start, from /proc, counts the interpreter's start. But a shell that runs other
+    commands first and then execs python (``bash -c 'pip install -e . && python -m orchestrator'``,
+    ``ssh host '...'``) hands its own start to python's process: where the process started more
+    than EXEC_GAP_S before ``python_at`` (when Python reached this package), the command counts
+    from ``python_at``. Without /proc: ``python_at``."""
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, in ticks since boot
         with open("/proc/uptime") as f:
             up = float(f.read().split()[0])  # to 10 ms (/proc/stat's btime is whole seconds)
     except (OSError, ValueError, IndexError):
-        return None
-    return time.time() - (up - ticks / os.sysconf("SC_CLK_TCK"))
+        return python_at, None
+    started = time.time() - (up - ticks / os.sysconf("SC_CLK_TCK"))
+    if python_at - started > EXEC_GAP_S:
+        return python_at, python_at - started
+    return min(started, python_at), None
 
 
 @dataclass

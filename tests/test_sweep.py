@@ -1,5 +1,6 @@
 """A smoke sweep end to end on a real local Ray cluster into a real parquet dataset."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -213,3 +214,26 @@ def test_run_fail_on_makes_the_exit_code_fail_a_ci_job(tmp_path):
     ok = run_cli(*args, "grid.backends=[math]", "run.rerun=all", "run.fail_on=[crashed]",
                  f"hydra.run.dir={tmp_path / 'run3'}")
     assert ok.returncode == 0
+
+
+@pytest.mark.slow
+def test_the_whole_commands_time_leaves_out_what_a_shell_ran_before_it_exec_d_python(tmp_path):
+    """`bash -c 'pip install ... && python -m orchestrator'`: bash execs python in its own process,
+    whose start /proc dates to the shell's. The command's account counts from Python's start and
+    says what it left out, instead of calling the shell's seconds "before the cluster"."""
+    import shlex
+    import time
+
+    args = ["+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64]", "grid.modes=[fwd]",
+            f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    command = f"sleep 3; exec {shlex.quote(sys.executable)} -m orchestrator {shlex.join(args)}"
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    left_out = re.search(r"this process began ([\d.]+) s before Python did", said)
+    assert left_out and 2.5 < float(left_out[1]) < 4, said
+    whole = float(re.search(r"the whole command: ([\d.]+) s:", said)[1])
+    assert whole <= wall - 2.5, (whole, wall)
