@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 STATUS_WORDS = ("unsupported", "oom", "error", "crashed", "timeout")
@@ -23,6 +23,7 @@ class Table:
     tips: dict = field(default_factory=dict)  # (row, col): a tooltip (HTML title)
     strong: set = field(default_factory=set)  # (row, col): cells in bold (the fastest)
     textual: bool = False  # no number columns (the environment: versions are names)
+    keys: int = 1  # the first columns, which name a row: repeated where a terminal shows the table in parts
 
 
 def _md_cell(text: str) -> str:
@@ -63,7 +64,7 @@ def _min_width(t: Table, i: int) -> int:
 def _footnoted(t: Table, width: int) -> tuple[Table, list[str]]:
     """On a terminal too narrow for the long text columns beside the kept-whole ones (about 24
     characters each), those columns' texts become [n] references, listed under the table."""
-    keep = [i for i in range(len(t.header)) if numeric(t, i) or _short_text(t, i)]
+    keep = [i for i in range(len(t.header)) if _whole(t, i)]
     long = [i for i in range(len(t.header)) if i not in keep and max((len(r[i]) for r in t.rows), default=0) > 40]
     others = len(t.header) - len(keep) - len(long)  # text that wraps in a column of its own (12 wide, say)
     fixed = sum(_min_width(t, i) + 3 for i in keep) + 15 * others + 1
@@ -72,12 +73,33 @@ def _footnoted(t: Table, width: int) -> tuple[Table, list[str]]:
     notes: dict[str, int] = {}
     rows = [[f"[{notes.setdefault(c, len(notes) + 1)}]" if i in long and c else c for i, c in enumerate(r)]
             for r in t.rows]
-    return Table(t.title, t.header, rows, t.note), [f"[{n}] {text}" for text, n in notes.items()]
+    return replace(t, rows=rows), [f"[{n}] {text}" for text, n in notes.items()]
+
+
+def _whole(t: Table, i: int) -> bool:
+    return numeric(t, i) or _short_text(t, i)
+
+
+def _parts(t: Table, width: int) -> list[list[int]]:
+    """The table's columns in parts that each fit ``width`` (a kept-whole column as wide as its
+    longest cell, a wrapping one 12 at least), the key columns leading each; one part where all fit."""
+    need = [(_min_width(t, i) if _whole(t, i) else 12) + 3 for i in range(len(t.header))]
+    keys = list(range(min(t.keys, len(need))))
+    if sum(need) + 1 <= width or len(keys) == len(need):
+        return [list(range(len(need)))]
+    parts, part = [], list(keys)
+    for i in range(len(keys), len(need)):
+        if len(part) > len(keys) and sum(need[j] for j in part) + need[i] + 1 > width:
+            parts.append(part)
+            part = list(keys)
+        part.append(i)
+    return [*parts, part]
 
 
 def print_tables(tables: list[Table], console=None) -> None:
     """One table after another on the terminal: numbers and short words whole, long text wrapped
-    (or, on a narrow terminal, listed under the table)."""
+    (or, on a narrow terminal, listed under the table); a table wider than the terminal in parts,
+    each led by the columns that name a row."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table as RichTable
@@ -88,20 +110,24 @@ def print_tables(tables: list[Table], console=None) -> None:
             console = Console(width=max(console.width, 200))
     for table in tables:
         t, notes = _footnoted(table, console.width)
-        rt = RichTable(title=escape(t.title), caption=escape(t.note) or None, title_justify="left",
-                       caption_justify="left")
-        whole = [i for i in range(len(t.header)) if numeric(t, i) or _short_text(t, i)]
-        tight = sum(max(len(t.header[i]), _min_width(t, i)) + 3 for i in whole) + 1 > console.width
-        for i, h in enumerate(t.header):
-            if i in whole:  # as wide as its longest cell; where room is short, the header wraps
-                m = _min_width(t, i)
-                rt.add_column(escape(h), justify="right" if numeric(t, i) else "left", min_width=m,
-                              max_width=m if tight else None)
-            else:
-                rt.add_column(escape(h), overflow="fold", ratio=1, min_width=12)
-        for row in t.rows:
-            rt.add_row(*map(escape, row))
-        console.print(rt)
+        parts = _parts(t, console.width)
+        for n, cols in enumerate(parts):
+            last = n == len(parts) - 1
+            rt = RichTable(title=escape(t.title) if n == 0 else None, caption=escape(t.note) or None if last else None,
+                           title_justify="left", caption_justify="left")
+            whole = [i for i in cols if _whole(t, i)]
+            tight = sum(max(len(t.header[i]), _min_width(t, i)) + 3 for i in whole) + 1 > console.width
+            for i in cols:
+                h = t.header[i]
+                if i in whole:  # as wide as its longest cell; where room is short, the header wraps
+                    m = _min_width(t, i)
+                    rt.add_column(escape(h), justify="right" if numeric(t, i) else "left", min_width=m,
+                                  max_width=m if tight else None)
+                else:
+                    rt.add_column(escape(h), overflow="fold", ratio=1, min_width=12)
+            for row in t.rows:
+                rt.add_row(*(escape(row[i]) for i in cols))
+            console.print(rt)
         for line in notes:
             console.print(escape(line), highlight=False)
 

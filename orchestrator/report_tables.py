@@ -133,7 +133,7 @@ def summary_tables(frame: pd.DataFrame, baseline: str) -> list[Table]:
     tables = []
     for key, g in groups(frame):
         cols = [c for c in _columns(baseline) if c[2] is None or g[c[2]].notna().any()]
-        t = Table(group_title(key), ["seq_len", "backend", *[c[0] for c in cols], "note"], anchor=slug(key))
+        t = Table(group_title(key), ["seq_len", "backend", *[c[0] for c in cols], "note"], anchor=slug(key), keys=2)
         for r in g.itertuples():
             note, full = _note(r)
             if full:
@@ -201,7 +201,7 @@ def best_table(frame: pd.DataFrame) -> Table:
     t = Table("Best backend per shape", ["shape", "seq_len", "fastest", "margin over next", "next", "change"],
               note="fastest: lowest median time among the cells that ran; a new row where the winner changes with "
                    "seq_len. margin = next fastest median / fastest median (the range over the row's lengths); "
-                   "≈: their p10–p90 ranges overlap at some length, so the order may be noise.", anchor="best")
+                   "≈: their p10–p90 ranges overlap at some length, so the order may be noise.", anchor="best", keys=2)
     for key, b in best.groupby(GROUP, sort=False, dropna=False):
         prev = None
         for i, seg in enumerate(_runs(b)):
