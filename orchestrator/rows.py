@@ -99,7 +99,8 @@ COLUMNS: list[Column] = [
     Column("tflops", F, "flops / median seconds / 1e12"),
     Column("bytes", F, "fewest bytes a call must move through memory (inputs read, outputs written once)"),
     Column("flops_convention", S, "how flops and bytes are counted"),
-    Column("ceiling_tflops", F, "this device's measured matmul rate in the cell's dtype (TFLOP/s)"),
+    Column("ceiling_tflops", F, "this device's measured matmul rate in the cell's dtype (TFLOP/s; on a CPU, a half "
+                                     "dtype's at least float32's, which its kernels compute in)"),
     Column("ceiling_gbps", F, "this device's measured memory bandwidth (GB/s, read + write of a large copy)"),
     Column("pct_of_compute_ceiling", F, "tflops / ceiling_tflops, %"),
     Column("pct_of_bandwidth_ceiling", F, "bytes / median seconds / ceiling_gbps, %"),

@@ -320,3 +320,21 @@ def test_cpu_ceilings_on_a_busy_machine_are_taken_from_full_size_matmuls():
             p.kill()
             p.wait()
     assert busy > 0.001  # 2 x 1024^3 flops: a 1024 matmul's rate, whatever the neighbours took
+
+
+def test_half_precision_cells_on_a_cpu_stay_within_the_ceiling():
+    """On a CPU without native float16 matmuls, a float16 matmul is emulated (0.003 TFLOP/s on this
+    project's CI machine) while attention kernels convert to float32 and compute there: the
+    float16 ceiling used to be the emulated rate and put math and flash cells at 1,400-1,900% of
+    it. A half dtype's ceiling is now at least float32's."""
+    from orchestrator.rows import shares
+    from tasks import ceilings
+
+    c = ceilings.measure(["float16", "bfloat16"], torch.device("cpu"))
+    fp32 = ceilings.matmul_tflops("float32", torch.device("cpu"))
+    assert min(c["tflops"].values()) >= 0.5 * fp32  # not the emulated rate
+    for backend in ("math", "flash"):
+        r = run_cell(spec("attention", backend, dtype="float16", n=256, d=64, h=8, b=4))
+        assert r["status"] == "ok", r["error"]
+        share = shares({**r, "dtype": "float16"}, c)["pct_of_compute_ceiling"]
+        assert 0 < share < 150, (backend, share)
