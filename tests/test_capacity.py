@@ -110,9 +110,10 @@ def test_capacity_config_is_validated():
 
 
 @pytest.mark.slow
-def test_capacity_run_for_real(tmp_path):
+def test_capacity_run_for_real(tmp_path, caplog):
     """Real trials on the CPU, where the memory limit stands in for the GPU's OOM: math's
-    N x N scores meet the limit long before flash's linear memory does."""
+    N x N scores meet the limit long before flash's linear memory does. Each round's line says
+    which round it is (the first counts one trial per search, the sweep's total all of them)."""
     from orchestrator.driver import run
     from orchestrator.store import Store
 
@@ -125,6 +126,8 @@ def test_capacity_run_for_real(tmp_path):
     summary = run(cfg, output_dir=str(out))
     df = Store(store).read()
     assert len(df) == summary.total and set(df["sweep_name"]) == {"capacity"}
+    rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep 'capacity', round ")]
+    assert len(rounds) >= 3 and rounds[0].startswith("sweep 'capacity', round 1: 3 cells") and "round 2: " in rounds[1]
     assert set(df[df.backend != "efficient"]["status"]) == {"ok"}
     # the CPU has no efficient kernel: known before any work, one row, never scheduled
     eff = df[df.backend == "efficient"]
