@@ -16,15 +16,16 @@ def app(cfg) -> None:
     global _jobs
     import orchestrator
     from orchestrator import driver
-    from orchestrator.summary import process_started_at
+    from orchestrator.summary import command_start, process_started_at
 
-    began_at, before = process_started_at(orchestrator.imported_at) if _jobs == 0 else (None, None)
+    began_at, before = (command_start(process_started_at(), orchestrator.imported_at) if _jobs == 0
+                        else (None, None))
     _jobs += 1
     cli.console()
     if before is not None:
         logging.getLogger("orchestrator").info(
-            "this process began %.1f s before Python did (what a shell ran before it exec'd python): the whole "
-            "command's time counts from Python's start", before)
+            "this process began %.1f s before Python reached this tool (a shell's commands before it exec'd python, "
+            "or a slow interpreter start): the whole command's time counts from there", before)
     code = driver.main(cfg, HydraConfig.get().runtime.output_dir, began_at)
     if code:
         sys.exit(code)

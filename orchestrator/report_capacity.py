@@ -128,10 +128,15 @@ def figure(results: list[dict], points: list[list[tuple[int, float]]], device: s
     return fig
 
 
+def terminal_table(results: list[dict], device: str | None = None) -> Table:
+    """The terminal's table: a row per search, named by its first six columns."""
+    header, body = rows(results)
+    return Table(f"Longest sequence that fits{' on ' + device if device else ''}", header, body, keys=6)
+
+
 def write(results: list[dict], points: list[list[tuple[int, float]]], output_dir, device: str | None = None) -> dict:
     """capacity.md, capacity.png and capacity.svg in output_dir; the table on the terminal."""
-    header, body = rows(results)
-    print_tables([Table(f"Longest sequence that fits{' on ' + device if device else ''}", header, body)])
+    print_tables([terminal_table(results, device)])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "capacity.md"

@@ -61,13 +61,17 @@ def _min_width(t: Table, i: int) -> int:
     return max([len(r[i]) for r in t.rows] + [max(map(len, t.header[i].split() or [""]))])
 
 
+def _need(t: Table, i: int) -> int:
+    """Terminal columns a column takes at the least: a kept-whole one its longest cell (or header
+    word), a wrapping one 12; plus its borders and padding."""
+    return (_min_width(t, i) if _whole(t, i) else 12) + 3
+
+
 def _footnoted(t: Table, width: int) -> tuple[Table, list[str]]:
     """On a terminal too narrow for the long text columns beside the kept-whole ones (about 24
     characters each), those columns' texts become [n] references, listed under the table."""
-    keep = [i for i in range(len(t.header)) if _whole(t, i)]
-    long = [i for i in range(len(t.header)) if i not in keep and max((len(r[i]) for r in t.rows), default=0) > 40]
-    others = len(t.header) - len(keep) - len(long)  # text that wraps in a column of its own (12 wide, say)
-    fixed = sum(_min_width(t, i) + 3 for i in keep) + 15 * others + 1
+    long = [i for i in range(len(t.header)) if not _whole(t, i) and max((len(r[i]) for r in t.rows), default=0) > 40]
+    fixed = sum(_need(t, i) for i in range(len(t.header)) if i not in long) + 1
     if not long or width - fixed >= 24 * len(long):
         return t, []
     notes: dict[str, int] = {}
@@ -81,17 +85,22 @@ def _whole(t: Table, i: int) -> bool:
 
 
 def _parts(t: Table, width: int) -> list[list[int]]:
-    """The table's columns in parts that each fit ``width`` (a kept-whole column as wide as its
-    longest cell, a wrapping one 12 at least), the key columns leading each; one part where all fit."""
-    need = [(_min_width(t, i) if _whole(t, i) else 12) + 3 for i in range(len(t.header))]
-    keys = list(range(min(t.keys, len(need))))
-    if sum(need) + 1 <= width or len(keys) == len(need):
+    """The table's columns in parts that each fit ``width``. The first part starts with every key
+    column; each later part is led by as many of the last key columns as take at most half the
+    width (at least the last one: for the capacity table, batch, heads x dim and backend on 80
+    columns). One part where all fit."""
+    need = [_need(t, i) for i in range(len(t.header))]
+    if sum(need) + 1 <= width:
         return [list(range(len(need)))]
+    keys = list(range(min(t.keys, len(need))))
+    lead = list(keys)
+    while len(lead) > 1 and sum(need[k] for k in lead) + 1 > width // 2:
+        lead.pop(0)
     parts, part = [], list(keys)
     for i in range(len(keys), len(need)):
-        if len(part) > len(keys) and sum(need[j] for j in part) + need[i] + 1 > width:
+        if part != lead and sum(need[j] for j in part) + need[i] + 1 > width:
             parts.append(part)
-            part = list(keys)
+            part = list(lead)
         part.append(i)
     return [*parts, part]
 

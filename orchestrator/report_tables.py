@@ -245,7 +245,7 @@ def comparison_table(frame: pd.DataFrame) -> Table | None:
         rows.append([_shape_text(dict(zip(keys, key, strict=True))), key[-1], *cells, *ratios])
     header = ["shape", "backend", *[f"{p} ms" for p in plats], *[f"speedup {p} vs {plats[0]}" for p in plats[1:]]]
     note = f"speedup = median on {plats[0]} / median on the other platform (above 1: faster there)."
-    return Table("Same cells on different devices or torch versions", header, rows, note, anchor="compare")
+    return Table("Same cells on different devices or torch versions", header, rows, note, anchor="compare", keys=2)
 
 
 def mismatch_table(frame: pd.DataFrame) -> Table | None:
@@ -254,7 +254,7 @@ def mismatch_table(frame: pd.DataFrame) -> Table | None:
     if bad.empty:
         return None
     t = Table("Kernels that do not match the pinned backend", ["device", "shape", "backend", "kernels"],
-              anchor="kernels")
+              anchor="kernels", keys=3)
     for r in bad.itertuples():
         t.full[(len(t.rows), 3)] = str(r.kernels)
         t.rows.append([r.device_name, _shape_text(r._asdict()), r.backend, first_line(r.kernels, 160)])

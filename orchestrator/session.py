@@ -136,7 +136,8 @@ class Session:
             restore_signals(self._saved_handlers)
         if stopping:
             name = signal.Signals(self.signum).name
-            again = ("run the same command without run.rerun=all to resume (with it, every cell is measured again)"
+            again = ("the same command measures every cell again; without run.rerun=all it measures only the cells "
+                     "with no row, and those this run did not reach keep their earlier rows"
                      if self.cfg.run.rerun == "all" else "run the same command again to resume")
             log.warning("interrupted: %s; %d rows of this run saved in %s; %s",
                         name, sum(self.summary.statuses.values()), self.store.path, again)

@@ -32,25 +32,31 @@ def cost_estimate(cell: Cell, measure, flops: float) -> float:
 EXEC_GAP_S = 2.0  # Python's own start (interpreter, site) takes well under this: a larger gap is not Python's
 
 
-def process_started_at(python_at: float) -> tuple[float, float | None]:
+def command_start(process_at: float | None, python_at: float) -> tuple[float, float | None]:
     """When this command started (epoch seconds), and the seconds before it left out (or None).
 
-    The process's start, from /proc, counts the interpreter's start. But a shell that runs other
-    commands first and then execs python (``bash -c 'pip install -e . && python -m orchestrator'``,
-    ``ssh host '...'``) hands its own start to python's process: where the process started more
-    than EXEC_GAP_S before ``python_at`` (when Python reached this package), the command counts
-    from ``python_at``. Without /proc: ``python_at``."""
+    ``process_at``: the process's start, from /proc, which counts the interpreter's start. But a
+    shell that runs other commands first and then execs python (``bash -c 'pip install -e . &&
+    python -m orchestrator'``, ``ssh host '...'``) hands its own start to python's process: where
+    the process started more than EXEC_GAP_S before ``python_at`` (when Python reached this
+    package), the command counts from ``python_at``. Without /proc: ``python_at``."""
+    if process_at is None:
+        return python_at, None
+    if python_at - process_at > EXEC_GAP_S:
+        return python_at, python_at - process_at
+    return min(process_at, python_at), None
+
+
+def process_started_at() -> float | None:
+    """When this process started (epoch seconds), from /proc; None where there is no /proc."""
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, in ticks since boot
         with open("/proc/uptime") as f:
             up = float(f.read().split()[0])  # to 10 ms (/proc/stat's btime is whole seconds)
     except (OSError, ValueError, IndexError):
-        return python_at, None
-    started = time.time() - (up - ticks / os.sysconf("SC_CLK_TCK"))
-    if python_at - started > EXEC_GAP_S:
-        return python_at, python_at - started
-    return min(started, python_at), None
+        return None
+    return time.time() - (up - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 @dataclass
@@ -66,7 +72,8 @@ class Summary:
     elsewhere: int = 0  # measured by another sweep sharing the store meanwhile
     other_settings: int = 0  # kept from rows measured with other measure settings
     device_name: str | None = None  # the (first) device's model
-    began_at: float | None = None  # epoch seconds: the process's start (its first run), else the run's call
+    began_at: float | None = None  # epoch seconds: the command's start (summary.command_start; its first run),
+    #                                else the run's call
     before_s: float | None = None  # from began_at to the cluster's start: interpreter, imports, config
     compact_s: float = 0.0  # after the last row: the dataset's compaction
     report_s: float = 0.0  # ... the tables, plots and page

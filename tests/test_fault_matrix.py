@@ -258,8 +258,8 @@ def test_sigterm_during_the_report_ends_with_143_and_one_line(tmp_path):
 @pytest.mark.parametrize("rerun", ["none", "all"])
 def test_an_interrupted_run_gives_a_library_caller_its_signal_handlers_back(tmp_path, caplog, rerun):
     """driver.run in a caller's process: Interrupted, the rows kept, and Ctrl-C the caller's again.
-    The line says how to resume: the same command, or without run.rerun=all, which would measure
-    every cell again."""
+    The line says how to resume: the same command; after run.rerun=all, what the same command and
+    a run without it would each do (without it, the cells not reached keep any earlier rows)."""
     from orchestrator.errors import Interrupted
 
     store = tmp_path / "results"
@@ -286,7 +286,8 @@ def test_an_interrupted_run_gives_a_library_caller_its_signal_handlers_back(tmp_
     assert {sig: signal.getsignal(sig) for sig in before} == before
     assert len(Store(store).read()) >= 3
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted:")]
-    resume = "without run.rerun=all to resume" if rerun == "all" else "run the same command again to resume"
+    resume = ("without run.rerun=all it measures only the cells with no row, and those this run did not reach "
+              "keep their earlier rows" if rerun == "all" else "run the same command again to resume")
     assert len(said) == 1 and resume in said[0], said
 
 

@@ -224,3 +224,24 @@ def test_terminal_keeps_long_backend_names_whole():
     text = console.export_text()
     assert "│ fault_illegal_address │" in text and max(map(len, text.splitlines())) <= 120
     assert "IndexError: index 1099511627776 is out of bounds" in " ".join(text.replace("│", " ").split())
+
+
+def test_a_capacity_table_on_an_80_column_terminal_names_each_row_in_every_part():
+    """The capacity table is 12 columns, 6 of them naming a search: on 80 columns its later parts
+    are led by the last of those that fit (batch, heads x dim, backend), so every figure sits on a
+    line with its backend, and nothing is cut."""
+    from orchestrator import report_capacity
+
+    results = [{"workload": "attention", "mode": "fwd", "dtype": "float16", "batch_size": 32, "num_heads": 16,
+                "head_dim": 64, "backend": b, "longest_fit": fit, "at_max": False, "first_fail": fail,
+                "fail_status": "oom", "trials": 7, "model": "quadratic", "limit_bytes": 85_000_000_000,
+                "extrapolated": ext} for b, fit, fail, ext in [("eager", 6144, 7168, 6613),
+                                                                 ("efficient", 16384, 16448, 16420)]]
+    console = Console(width=80, record=True, file=io.StringIO())
+    report_render.print_tables([report_capacity.terminal_table(results)], console=console)
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    for backend, figures in [("eager", ["6,144", "7,168 (oom)", "6,613"]), ("efficient", ["16,384", "16,448 (oom)",
+                                                                                            "16,420"])]:
+        for figure in figures:
+            assert any(figure in line and f" {backend} " in line for line in lines), (backend, figure)

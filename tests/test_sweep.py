@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -233,7 +234,21 @@ def test_the_whole_commands_time_leaves_out_what_a_shell_ran_before_it_exec_d_py
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = proc.stdout + proc.stderr
-    left_out = re.search(r"this process began ([\d.]+) s before Python did", said)
+    left_out = re.search(r"this process began ([\d.]+) s before Python reached this tool", said)
     assert left_out and 2.5 < float(left_out[1]) < 4, said
     whole = float(re.search(r"the whole command: ([\d.]+) s:", said)[1])
     assert whole <= wall - 2.5, (whole, wall)
+
+
+def test_the_command_counts_from_the_process_start_unless_it_began_long_before_python():
+    """The account's start: the process's (the interpreter's start included) when Python reached
+    the tool soon after it; Python's when the process began more than EXEC_GAP_S earlier (a shell
+    that exec'd python after other work); Python's, with nothing said, where /proc is missing."""
+    from orchestrator.summary import EXEC_GAP_S, command_start, process_started_at
+
+    assert command_start(100.0, 100.3) == (100.0, None)
+    assert command_start(100.0, 100.0 + EXEC_GAP_S + 1) == (100.0 + EXEC_GAP_S + 1, EXEC_GAP_S + 1)
+    assert command_start(None, 100.3) == (100.3, None)
+    assert command_start(100.3, 100.0) == (100.0, None)  # clocks a little apart: never after Python's start
+    here = process_started_at()
+    assert here is None or here <= time.time()
