@@ -67,17 +67,17 @@ def _need(t: Table, i: int) -> int:
     return (_min_width(t, i) if _whole(t, i) else 12) + 3
 
 
-def _footnoted(t: Table, width: int) -> tuple[Table, list[str]]:
-    """On a terminal too narrow for the long text columns beside the kept-whole ones (about 24
-    characters each), those columns' texts become [n] references, listed under the table."""
-    long = [i for i in range(len(t.header)) if not _whole(t, i) and max((len(r[i]) for r in t.rows), default=0) > 40]
-    fixed = sum(_need(t, i) for i in range(len(t.header)) if i not in long) + 1
+def _footnoted(t: Table, width: int, cols: list[int], notes: dict[str, int]) -> Table:
+    """Where ``cols`` (the table, or one part of it) leave the long text columns less than about 24
+    characters each beside the kept-whole ones, those columns' texts become [n] references, kept
+    in ``notes`` (text: n, one numbering for the whole table) to be listed under it."""
+    long = [i for i in cols if not _whole(t, i) and max((len(r[i]) for r in t.rows), default=0) > 40]
+    fixed = sum(_need(t, i) for i in cols if i not in long) + 1
     if not long or width - fixed >= 24 * len(long):
-        return t, []
-    notes: dict[str, int] = {}
+        return t
     rows = [[f"[{notes.setdefault(c, len(notes) + 1)}]" if i in long and c else c for i, c in enumerate(r)]
             for r in t.rows]
-    return replace(t, rows=rows), [f"[{n}] {text}" for text, n in notes.items()]
+    return replace(t, rows=rows)
 
 
 def _whole(t: Table, i: int) -> bool:
@@ -118,9 +118,9 @@ def print_tables(tables: list[Table], console=None) -> None:
         if not console.is_terminal:  # a log file: wide enough that most rows stay on one line
             console = Console(width=max(console.width, 200))
     for table in tables:
-        t, notes = _footnoted(table, console.width)
-        parts = _parts(t, console.width)
+        parts, notes = _parts(table, console.width), {}
         for n, cols in enumerate(parts):
+            t = _footnoted(table, console.width, cols, notes)
             last = n == len(parts) - 1
             rt = RichTable(title=escape(t.title) if n == 0 else None, caption=escape(t.note) or None if last else None,
                            title_justify="left", caption_justify="left")
@@ -137,8 +137,8 @@ def print_tables(tables: list[Table], console=None) -> None:
             for row in t.rows:
                 rt.add_row(*(escape(row[i]) for i in cols))
             console.print(rt)
-        for line in notes:
-            console.print(escape(line), highlight=False)
+        for text, n in notes.items():
+            console.print(escape(f"[{n}] {text}"), highlight=False)
 
 
 # HTML
