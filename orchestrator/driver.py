@@ -114,7 +114,6 @@ class Rounds:
         self.seen: set[str] = set()
         self.known: set[str] = set()  # row ids the dataset held when we looked: rows of other runs beyond them
         #                               were measured meanwhile
-        self.rounds = 0  # rounds so far (a capacity search runs several: its line says which)
 
     def run(self) -> None:
         while cells := self.planner.next_round():
@@ -122,8 +121,8 @@ class Rounds:
 
     def round(self, cells: list[Cell]) -> None:
         todo = self.skip_done(cells)
-        self.rounds += 1
-        name = f"{self.cfg.sweep_name!r}" + (f", round {self.rounds}" if self.cfg.capacity.enabled else "")
+        # a capacity search runs several rounds (its planner counts them): the line says which
+        name = f"{self.cfg.sweep_name!r}" + (f", round {self.planner.rounds}" if self.cfg.capacity.enabled else "")
         log.info("sweep %s: %d cells, %d to run, %d already in %s; %d device(s) (%s isolation)",
                  name, len(cells), len(todo), len(cells) - len(todo), self.store.path,
                  self.summary.devices, self.cfg.run.isolation)

@@ -223,7 +223,6 @@ def test_the_whole_commands_time_leaves_out_what_a_shell_ran_before_it_exec_d_py
     whose start /proc dates to the shell's. The command's account counts from Python's start and
     says what it left out, instead of calling the shell's seconds "before the cluster"."""
     import shlex
-    import time
 
     args = ["+sweep=smoke", "grid.backends=[math]", "grid.seq_lens=[64]", "grid.modes=[fwd]",
             f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}"]
