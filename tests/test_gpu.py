@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import ROOT
 
+from tasks import timing
 from tasks.cell import run_cell
 from tasks.device import _text, nvml_uuid
 
@@ -103,8 +104,6 @@ def test_graph_replays_time_the_device_and_events_time_the_host():
     """A launch-bound call (a chain of tiny kernels, each a few microseconds of GPU work and more
     of host launch): the graph-replay median is the GPU's time, the host-inclusive median the
     launches', their difference the launch overhead. A cell reports the same three columns."""
-    from tasks import timing
-
     dev = torch.device("cuda", 0)
     x = torch.zeros(1, device=dev)
 
@@ -147,8 +146,14 @@ def test_a_short_call_is_timed_over_copies_of_its_inputs_and_a_long_one_over_its
     short = {}
     for mode in ("fwd", "fwd_bwd"):
         short[mode] = run_cell(spec("flash", seq=128, mode=mode, measure=sets4) | {"batch_size": 1})
-        assert short[mode]["status"] == "ok", short[mode]["error"]
-        assert short[mode]["timing_method"] == "cuda_graph" and short[mode]["input_sets"] == 4, short[mode]
+        row = short[mode]
+        assert row["status"] == "ok", row["error"]
+        # the rule is on the host-inclusive median, which is the host's launch speed at this shape: a
+        # backward pass's several launches may pass 0.2 ms on a slow host (one did, on an H100 host)
+        expect = 4 if row["host_median_ms"] < timing._SETS_BELOW_MS else 1
+        assert row["timing_method"] == "cuda_graph" and row["input_sets"] == expect, \
+            (mode, row["host_median_ms"], row["input_sets"], row["timing_note"])
+    assert short["fwd"]["input_sets"] == 4  # one kernel: well under 0.2 ms on any host
     one = run_cell(spec("flash", seq=128) | {"batch_size": 1})
     assert one["status"] == "ok" and one["input_sets"] == 1
     assert abs(one["median_ms"] / short["fwd"]["median_ms"] - 1) < 0.2  # the same kernel either way
@@ -157,8 +162,6 @@ def test_a_short_call_is_timed_over_copies_of_its_inputs_and_a_long_one_over_its
 
 
 def test_a_call_that_cannot_be_captured_falls_back_to_events_and_says_why():
-    from tasks import timing
-
     dev = torch.device("cuda", 0)
     x = torch.randn(4096, 4096, device=dev, dtype=torch.bfloat16)
 
