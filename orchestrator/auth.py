@@ -11,6 +11,7 @@ checks tokens, and takes the token where Ray keeps it (``RAY_AUTH_TOKEN``,
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,19 @@ def token_available() -> bool:
     return os.path.isfile(path) and os.path.getsize(path) > 0
 
 
+def check_reachable(address: str, config_error, source: str | None = None, timeout_s: float = 5.0) -> None:
+    """Fail fast, with one line, on a host:port nobody answers or a host name that does not
+    resolve (Ray's clients retry for 30 s and more before they give up)."""
+    hostport = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise config_error(f"{source or 'cluster.address'} = {address!r}: cannot connect ({exc})") from None
+
+
 def cluster_mode(address: str, timeout_s: float = 30.0) -> str:
     """'token' (the cluster checks tokens), 'open' (it does not) or 'unknown', asked once."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -51,12 +65,15 @@ def cluster_mode(address: str, timeout_s: float = 30.0) -> str:
     return (out.stdout.strip().splitlines() or ["unknown"])[-1]
 
 
-def prepare(address: str | None, config_error) -> None:
+def prepare(address: str | None, config_error, source: str | None = None) -> None:
     """Set RAY_AUTH_MODE for joining ``address`` (None: a private local cluster, which Ray sets
-    up with a token of its own). Raises config_error (one line) when the cluster needs a token
-    we lack."""
-    if "RAY_AUTH_MODE" in os.environ or address is None or address == "auto" or "://" in address:
-        return  # the user's choice; Ray's own way for a local or auto-found cluster; Ray Client
+    up with a token of its own). Raises config_error (one line) when nothing answers at the
+    address, or when the cluster needs a token we lack."""
+    if address is None:
+        return
+    check_reachable(address, config_error, source)
+    if "RAY_AUTH_MODE" in os.environ or address == "auto" or "://" in address:
+        return  # the user's choice; Ray's own way for an auto-found cluster; Ray Client
     if cluster_mode(address) != "token":
         return
     if not token_available():

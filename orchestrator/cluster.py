@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 
 import ray
 
-from orchestrator.auth import TOKEN_HELP, token_available
+from orchestrator.auth import TOKEN_HELP, check_reachable, token_available
 from orchestrator.config import ConfigError
 from tasks.stderr import captured_fd2
 
@@ -30,18 +29,6 @@ log = logging.getLogger(__name__)
 
 class ClusterError(ConfigError):
     """The cluster cannot run this sweep: one line, exit 2, before any cell runs."""
-
-
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a host:port nobody answers (ray.init would retry for minutes)."""
-    hostport = address.split("://", 1)[-1]
-    if address == "auto" or ":" not in hostport:
-        return
-    host, _, port = hostport.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cluster.address = {address!r}: cannot connect ({exc})") from None
 
 
 def check_token(address: str) -> None:
@@ -84,7 +71,7 @@ def connect(c, prestart_workers: bool = False) -> str:
     source = f"cluster.address = {c.address!r}" if c.address else f"RAY_ADDRESS = {address!r}"
     kw = {"include_dashboard": False, **_ray_logging(c.verbose), **dict(c.init)}
     if address:
-        check_reachable(address)
+        check_reachable(address, ClusterError, source.split(" = ")[0])
         check_token(address)
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "5")
         try:

@@ -276,7 +276,7 @@ def run(cfg, output_dir: str | None = None, began_at: float | None = None) -> Su
     from orchestrator import auth, forkserver
 
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    auth.prepare(address, ConfigError)  # before Ray is imported
+    auth.prepare(address, ConfigError, "cluster.address" if cfg.cluster.address else "RAY_ADDRESS")  # before Ray
     summary = Summary(f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", began_at=began_at)
     conditions = None if address else target_conditions(cfg)
     if conditions:  # a private cluster on this machine: what it could never do, refused before it starts

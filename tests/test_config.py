@@ -133,6 +133,20 @@ def test_cli_stops_before_any_work(tmp_path: Path, args, words):
     assert not store.exists() or not list(store.glob("*.parquet"))
 
 
+@pytest.mark.parametrize("env,args,says", [
+    ({"RAY_ADDRESS": None}, ["cluster.address=127.0.0.1:1"], "cluster.address = '127.0.0.1:1': cannot connect"),
+    ({"RAY_ADDRESS": "127.0.0.1:1"}, [], "RAY_ADDRESS = '127.0.0.1:1': cannot connect"),
+])
+def test_an_address_nobody_answers_is_refused_at_once(tmp_path: Path, env, args, says):
+    """Nothing listens there: the one line comes as soon as a connection is refused, not after
+    the 30 s in which Ray's client asked again and again whether the cluster checks tokens (the
+    line was printed at once, and the command then sat 30 s before it exited)."""
+    proc = run_cli(*args, f"store.path={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120, env=env)
+    errors = stderr_lines(proc)
+    assert proc.returncode == 2 and errors == [f"error: {says} ([Errno 111] Connection refused)"], proc.stderr[-2000:]
+    assert proc.wall_s < 20, f"{proc.wall_s:.1f} s to refuse an address nobody answers"
+
+
 @pytest.mark.parametrize("args,words", [
     (["grid.seq_lens=[128,abc]"], "grid.seq_lens[1]"),  # a wrong type
     (["grid.unknown_axis=[1]"], "grid.unknown_axis: no such key; grid takes: backends, seq_lens"),  # an unknown key
