@@ -47,6 +47,7 @@ class Slot:
     index: int
     handle: object = None  # the pool actor
     info: dict = field(default_factory=dict)
+    placed: object = None  # pool mode: a call that returns once the actor is up on a node (an ObjectRef)
 
     @property
     def name(self) -> str:
@@ -67,17 +68,16 @@ class PoolLauncher:
 
     def _actor(self, slot: Slot):
         r, device = self.cfg.run, "cpu" if slot.target == "cpu" or self.cfg.run.device == "cpu" else "cuda"
-        return DeviceWorker.options(**slot.options).remote(self.address, device, list(self.cfg.grid.dtypes),
-                                                           r.prewarm, r.start_timeout_s, r.cells_per_process)
+        actor = DeviceWorker.options(**slot.options).remote(self.address, device, list(self.cfg.grid.dtypes),
+                                                            r.prewarm, r.start_timeout_s, r.cells_per_process)
+        slot.placed = actor.placed.remote()
+        return actor
 
     def start(self, slots: list[Slot]) -> None:
         for s in slots:
             s.handle = self._actor(s)
         probes = [s.handle.probe.remote() for s in slots]
-        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=self.cfg.run.start_timeout_s + 300)
-        if len(ready) < len(probes):
-            raise ClusterError("device workers did not start within run.start_timeout_s (+300 s); Ray's resources: "
-                               f"{ray.available_resources()}")
+        wait_started(slots, probes, self.cfg.run.start_timeout_s + 300)
         take_infos(slots, probes, "a device worker could not start")
 
     def submit(self, slot: Slot, spec: dict, timeout_s: float):
@@ -89,7 +89,8 @@ class PoolLauncher:
         return failure(Status.CRASHED.value, f"device worker died: {str(exc).strip().splitlines()[0]}", time.time())
 
     def close(self, slots: list[Slot]) -> None:
-        live = [s.handle for s in slots if s.handle is not None]
+        # an actor still waiting for the cluster's resources would take its close call only once placed
+        live = [s.handle for s in slots if s.handle is not None and (s.placed is None or is_ready(s.placed))]
         with contextlib.suppress(ray.exceptions.RayError):  # a dead or busy actor is killed all the same
             ray.get([h.close.remote() for h in live], timeout=10)
         for s in slots:
@@ -99,6 +100,48 @@ class PoolLauncher:
 
 
 # ----------------------------------------------------------------------------- task
+
+
+WAIT_LINE_S = 15.0  # a device worker not placed by then gets a line, and another each minute after
+
+
+def is_ready(ref) -> bool:
+    return bool(ray.wait([ref], timeout=0)[0])
+
+
+def wait_started(slots: list[Slot], probes: list, limit_s: float) -> None:
+    """Until every probe has answered, in short waits (a Ctrl-C is taken at once). While some
+    device is not up after ``WAIT_LINE_S``, and each minute after, a line says what it asks of
+    the cluster and what the cluster has free: on a shared cluster, other jobs may hold it all."""
+    t0, say_at, left = time.monotonic(), WAIT_LINE_S, list(probes)
+    while left:
+        _, left = ray.wait(left, num_returns=len(left), timeout=0.5)
+        waited = time.monotonic() - t0
+        if left and waited > limit_s:
+            raise ClusterError(f"device workers did not start within run.start_timeout_s (+300 s); {free_line()}")
+        if left and waited >= say_at:
+            say_at += 60.0
+            done = set(left)
+            waiting = [s for s, p in zip(slots, probes, strict=True)
+                       if p in done and (s.placed is None or not is_ready(s.placed))]
+            if waiting:  # task mode knows no placement: its probe may be running, or waiting
+                what = "not placed on a node" if waiting[0].placed is not None else "not started (or still starting)"
+                log.warning("waiting for the cluster: %d of %d device(s) %s after %.0f s; each asks for %s; %s; "
+                            "other jobs may hold the rest (the sweep starts when it gets them; Ctrl-C stops it)",
+                            len(waiting), len(slots), what, waited, asks(waiting[0].options), free_line())
+
+
+def asks(options: dict) -> str:
+    """A device's Ray resource request, in words: '1 GPU (H100), 0.25 CPU'."""
+    kinds = [k.split(":", 1)[1] for k in options.get("resources", {}) if k.startswith("accelerator_type:")]
+    gpu = f"{options['num_gpus']:g} GPU" + (f" ({kinds[0]})" if kinds else "") if options.get("num_gpus") else ""
+    return ", ".join(x for x in (gpu, f"{options.get('num_cpus', 1):g} CPU") if x)
+
+
+def free_line() -> str:
+    free, total = ray.available_resources(), ray.cluster_resources()
+    have = [f"{free.get(k, 0):g} of {total[k]:g} {k}" for k in ("GPU", "CPU") if total.get(k)]
+    return "free now: " + (", ".join(have) or "no CPU or GPU")
 
 
 def take_infos(slots: list[Slot], probes: list, failed: str) -> None:
@@ -123,6 +166,13 @@ class TaskLauncher:
         device = "cpu" if self.cfg.run.device == "cpu" else "cuda"
         refs = [probe_task.options(**s.options).remote("cpu" if s.target == "cpu" else device,
                                                         list(self.cfg.grid.dtypes)) for s in slots]
+        try:
+            wait_started(slots, refs, self.cfg.run.start_timeout_s + 300)
+        except BaseException:  # a joined cluster keeps no queued probe of a sweep that stopped
+            for ref in refs:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            raise
         take_infos(slots, refs, "a device could not be probed")
 
     def submit(self, slot: Slot, spec: dict, timeout_s: float):

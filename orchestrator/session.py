@@ -92,6 +92,9 @@ class Session:
         r, res = self.cfg.run, self.resources
         if r.device == "cuda" and not res.gpus:
             raise ClusterError(f"run.device = 'cuda', but the cluster has no GPU ({res.line()})")
+        if not res.gpus and res.cpus < 1:
+            raise ClusterError(f"the cluster has no GPU and no whole CPU to run a cell on ({res.line()}); "
+                               "start its nodes with CPUs (ray start --num-cpus=N) or GPUs")
         if not res.gpus and r.cpu_workers > res.cpus:
             raise ClusterError(f"run.cpu_workers = {r.cpu_workers}, but the cluster has {res.cpus:g} CPU(s): the "
                                f"extra workers would wait forever; use run.cpu_workers={max(1, int(res.cpus))}")

@@ -59,6 +59,10 @@ class DeviceWorker:
         self.runner = ForkRunner(address, device, self.where["visible_devices"], dtypes, prewarm, start_timeout_s,
                                  cells_per_process)
 
+    def placed(self) -> bool:
+        """Returns once this actor is up on a node (beside a probe that is still running)."""
+        return True
+
     def probe(self) -> dict:
         t0 = time.perf_counter()
         info = self.runner.probe()

@@ -252,3 +252,106 @@ def test_a_device_worker_on_another_host_stops_its_own_fork_server():
     PoolLauncher(None, None).close([Slot("cpu", {}, 0, handle=worker)])
     _, alive = psutil.wait_procs([server, *waiting], timeout=10)
     assert not alive and not os.path.exists(os.path.dirname(address))
+
+
+BUSY = """
+import logging, os, signal, sys, threading, time
+import ray
+from conftest import make_cfg
+from orchestrator import executor
+from orchestrator.driver import run
+from orchestrator.errors import Interrupted
+
+how, store, out = sys.argv[1:4]
+executor.WAIT_LINE_S = 2.0
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+
+
+@ray.remote(num_cpus=1)
+class Hold:  # another job of the cluster's, holding its one CPU
+    def ping(self):
+        return True
+
+
+hold = Hold.remote()
+ray.get(hold.ping.remote())
+said = threading.Event()
+
+
+class Watch(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("waiting for the cluster"):
+            print("LINE", record.getMessage(), flush=True)
+            said.set()
+
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+logging.getLogger().addHandler(Watch())
+sent = []
+
+
+def act():
+    said.wait(120)
+    if how == "release":
+        ray.kill(hold)
+    else:
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+threading.Thread(target=act, daemon=True).start()
+try:
+    summary = run(make_cfg("+sweep=smoke", "grid.backends=[math]", "run.device=cpu", "run.isolation=" + sys.argv[4],
+                           store=store), output_dir=out)
+    print("DONE", sum(summary.statuses.values()), flush=True)
+except Interrupted:
+    print(f"STOPPED {time.monotonic() - sent[0]:.1f}", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isolation", ["pool", "task"])
+@pytest.mark.parametrize("how", ["release", "interrupt"])
+def test_a_sweep_waiting_for_a_busy_clusters_resources_says_so(tmp_path, how, isolation):
+    """Another job holds the cluster's only CPU: the sweep says what it waits for (it was silent
+    until the cluster's start limit, minutes later), starts once the CPU is free, and stops at
+    once on Ctrl-C (it sat 10 s asking a device worker that was never placed to close)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.run([sys.executable, "-c", BUSY, how, str(tmp_path / "r"), str(tmp_path / "out"), isolation],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    lines = proc.stdout.splitlines()
+    said = [ln for ln in lines if ln.startswith("LINE ")]
+    assert said, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 of 1 device(s)" in said[0] and "each asks for 1 CPU" in said[0] and "free now: 0 of 1 CPU" in said[0]
+    if how == "release":
+        assert "DONE 2" in lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert len(pd.read_parquet(tmp_path / "r")) == 2
+    else:
+        stopped = [float(ln.split()[1]) for ln in lines if ln.startswith("STOPPED ")]
+        assert stopped and stopped[0] < 5, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+NO_CPU = """
+import ray
+from conftest import make_cfg
+from orchestrator.config import ConfigError
+from orchestrator.driver import run
+
+ray.init(address="local", num_cpus=0, include_dashboard=False)
+try:
+    run(make_cfg("+sweep=smoke", "grid.backends=[math]", "run.device=cpu", store=__import__("sys").argv[1]))
+except ConfigError as exc:
+    print("REFUSED", exc)
+"""
+
+
+@pytest.mark.slow
+def test_a_cluster_with_nothing_to_run_cells_on_is_refused_saying_so(tmp_path):
+    """A cluster of no CPU and no GPU: the line says so (it advised run.cpu_workers=1, the
+    setting that had just failed)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.run([sys.executable, "-c", NO_CPU, str(tmp_path / "r")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    said = [ln for ln in proc.stdout.splitlines() if ln.startswith("REFUSED ")]
+    assert said and "no GPU and no whole CPU to run a cell on" in said[0], proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "run.cpu_workers=1" not in said[0]
