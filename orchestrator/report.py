@@ -28,6 +28,8 @@ from orchestrator.rows import COLUMNS
 from orchestrator.store import Store
 
 log = logging.getLogger("orchestrator.report")  # __name__ is __main__ under python -m
+# conf/report.yaml: the report's folder (Hydra's run folder, its report.log) is output_dir when one is given
+OmegaConf.register_new_resolver("or_else", lambda value, default: default if value is None else value, replace=True)
 ROOT = Path(__file__).resolve().parents[1]
 FILTERS = ["sweep_name", "run_id", *PLATFORM, *SHAPE, "backend", "status", "target"]
 SETTINGS = {"store", "output_dir", "compare", "report", "hydra"}
@@ -205,6 +207,8 @@ def from_config(cfg, output_dir) -> dict:
     opts = OmegaConf.to_container(cfg, resolve=True)
     active = filters_of(opts)
     store = Store(opts["store"]["path"])
+    if not Path(store.path).exists():
+        raise ReportError(f"store.path = {opts['store']['path']!r}: no such folder ({Path(store.path).resolve()})")
     raw = store.read(set_aside=False)  # a file that is not rows is skipped and named, never moved
     if raw.empty:
         raise ReportError(f"no rows in {store.path}")

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CONF, ROOT, make_cfg
+from conftest import CONF, ROOT, make_cfg, stderr_lines
 from hydra import compose, initialize_config_dir
 from matplotlib.collections import PolyCollection
 from matplotlib.image import imread
@@ -374,6 +374,28 @@ def test_cli(smoke_dataset, tmp_path):
         bad = subprocess.run([sys.executable, "-m", "orchestrator.report", *args], cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
         assert bad.returncode == 2 and why in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_report_command_keeps_its_log_with_its_files_and_explains_itself(smoke_dataset, tmp_path):
+    """output_dir= is the report's folder, its report.log included (the log went to a new folder
+    under outputs/reports/ of wherever the command ran); --help is the report's own page; a
+    store.path that does not exist is named as such (it read "no rows")."""
+    def report_cli(*args):
+        return subprocess.run([sys.executable, "-m", "orchestrator.report", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "mine"
+    done = report_cli(f"store.path={smoke_dataset['store']}", f"output_dir={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "report.html").is_file() and "report:" in (out / "report.log").read_text()
+    assert not (tmp_path / "outputs").exists()  # nothing of this report elsewhere
+    page = report_cli("--help")
+    assert page.returncode == 0 and "powered by Hydra" not in page.stdout
+    for words in ("attn-report", "output_dir", "+COLUMN=VALUE", "report.baseline", "sweep_name", "store.path"):
+        assert words in page.stdout, words
+    typo = report_cli(f"store.path={tmp_path / 'reslts'}", f"output_dir={tmp_path / 'typo'}")
+    assert typo.returncode == 2 and stderr_lines(typo) == [
+        f"error: store.path = '{tmp_path / 'reslts'}': no such folder ({tmp_path / 'reslts'})"], typo.stderr
 
 
 # constructed datasets: the figures
