@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -89,7 +90,66 @@ def connect(c, prestart_workers: bool = False) -> str:
         system.setdefault("prestart_worker_first_driver", False)
     kw["_system_config"] = system
     ray.init(address="local", num_cpus=c.num_cpus, num_gpus=c.num_gpus, **kw)
+    _watch_private_cluster()
     return "started a private Ray cluster on this machine (cluster.address=auto or host:port joins one)"
+
+
+# A private cluster's raylet and GCS go when the driver dies, whatever killed it; its dashboard and
+# runtime-env agents did not (SIGKILL to the driver left them running, re-parented, for good). A
+# small process watches the driver through a pipe and, if the pipe ends without a word (the driver
+# died), kills what is left of that cluster: this user's processes holding files in its session
+# folder (each of its processes writes its log there).
+_REAPER = r"""
+import os, signal, sys, time
+if sys.stdin.buffer.read() == b"done":
+    sys.exit(0)
+time.sleep(2.0)
+root, me, mine = sys.argv[1].rstrip("/") + "/", os.getuid(), str(os.getpid())
+
+
+def holds(pid):
+    fds = "/proc/%s/fd/" % pid
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(fds + fd).startswith(root):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if pid != mine and os.stat("/proc/" + pid).st_uid == me and holds(pid):
+            os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+"""
+_reaper: subprocess.Popen | None = None
+
+
+def _watch_private_cluster() -> None:
+    global _reaper
+    if not os.path.isdir("/proc"):  # not Linux: no open files to read
+        return
+    with contextlib.suppress(Exception):  # a watcher that cannot start changes nothing else
+        socket_path = next(n["RayletSocketName"] for n in ray.nodes() if n.get("Alive"))
+        session = os.path.dirname(os.path.dirname(socket_path))  # .../session_DATE_PID/sockets/raylet
+        if os.path.basename(session).startswith("session_"):
+            _reaper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, session], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _release_watch() -> None:
+    """The cluster went down with the driver alive: the watcher leaves without looking."""
+    global _reaper
+    if _reaper is not None:
+        with contextlib.suppress(OSError, ValueError):
+            _reaper.stdin.write(b"done")
+            _reaper.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _reaper.wait(2.0)
+        _reaper = None
 
 
 @dataclass
@@ -137,6 +197,7 @@ def shutdown() -> None:
     if ray.is_initialized():
         _stop_helpers()
         ray.shutdown()
+    _release_watch()
 
 
 def _stop_helpers(grace_s: float = 0.5) -> None:

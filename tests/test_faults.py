@@ -1,9 +1,11 @@
 """Failures provoked for real: each ends as one row with the right status; the sweep goes on."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pandas as pd
@@ -132,16 +134,40 @@ def fork_server_address(driver_pid: int) -> str:
     raise AssertionError("the driver runs no fork server")
 
 
+def holding(root: str) -> list[str]:
+    """This user's processes with a file open under root."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["uids", "name"]):
+        try:
+            if p.info["uids"].real == os.getuid() and any(f.path.startswith(root) for f in p.open_files()):
+                found.append(f"{p.pid} {p.info['name']}")
+        except (psutil.Error, TypeError):
+            pass
+    return found
+
+
 @pytest.mark.slow
 def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
+    """SIGKILL to the driver: every row it wrote stays, the same command resumes, and nothing of
+    its private cluster stays behind (Ray's dashboard and runtime-env agents did, for good)."""
     store = tmp_path / "results"
-    proc = start_sweep(store, tmp_path / "run1")
+    ray_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
+    proc = start_sweep(store, tmp_path / "run1", f"+cluster.init._temp_dir={ray_dir}")
     wait_for_rows(store, 6, proc)
     socket_path = fork_server_address(proc.pid)
+    assert holding(ray_dir)  # the cluster's processes write their logs there
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = Store(store).read()
+    deadline = time.time() + 20
+    while holding(ray_dir) and time.time() < deadline:
+        time.sleep(0.5)
+    left = holding(ray_dir)
     finish(proc)
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    assert not left, f"left running by the killed driver's cluster: {left}"
     deadline = time.time() + 10  # the server removes its socket, then its folder: wait for the folder
     while os.path.exists(os.path.dirname(socket_path)) and time.time() < deadline:
         time.sleep(0.1)
