@@ -58,6 +58,8 @@ class Claims:
                     continue  # released meanwhile
                 if owner.get("run_id") == run_id or not self._owner_alive(owner):
                     path.unlink(missing_ok=True)
+                    if owner.get("run_id") not in (run_id, "?"):  # a dead run's heartbeat goes with its claims
+                        (self.meta / "alive" / str(owner.get("run_id"))).unlink(missing_ok=True)
                     continue
                 return owner
             os.write(fd, json.dumps({"run_id": run_id, "host": HOST, "pid": os.getpid(),

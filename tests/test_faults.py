@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -181,6 +182,7 @@ def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
     after = pd.read_parquet(store)
     assert len(after) == 24 and after.cell_id.is_unique and (after.status == "ok").all()
     assert set(before.row_id) <= set(after.row_id)  # every row written before the kill survived
+    assert not list(Path(f"{store}.meta", "alive").glob("*"))  # the killed run's heartbeat went with its claims
 
 
 @pytest.mark.slow
