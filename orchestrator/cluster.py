@@ -97,8 +97,8 @@ def connect(c, prestart_workers: bool = False) -> str:
 # A private cluster's raylet and GCS go when the driver dies, whatever killed it; its dashboard and
 # runtime-env agents did not (SIGKILL to the driver left them running, re-parented, for good). A
 # small process watches the driver through a pipe and, if the pipe ends without a word (the driver
-# died), kills what is left of that cluster: this user's processes holding files in its session
-# folder (each of its processes writes its log there).
+# died), kills what is left of that cluster: this user's processes writing to files in its session
+# folder (each of its processes writes its log there; a `tail -f` of one only reads).
 _REAPER = r"""
 import os, signal, sys, time
 if sys.stdin.buffer.read() == b"done":
@@ -107,13 +107,19 @@ time.sleep(2.0)
 root, me, mine = sys.argv[1].rstrip("/") + "/", os.getuid(), str(os.getpid())
 
 
+def writing(pid, fd):
+    with open("/proc/%s/fdinfo/%s" % (pid, fd)) as f:
+        flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
+    return flags & 3 != 0  # O_WRONLY or O_RDWR
+
+
 def holds(pid):
     fds = "/proc/%s/fd/" % pid
     for fd in os.listdir(fds):
         try:
-            if os.readlink(fds + fd).startswith(root):
+            if os.readlink(fds + fd).startswith(root) and writing(pid, fd):
                 return True
-        except OSError:
+        except (OSError, StopIteration, ValueError):
             pass
     return False
 
@@ -132,12 +138,16 @@ def _watch_private_cluster() -> None:
     global _reaper
     if not os.path.isdir("/proc"):  # not Linux: no open files to read
         return
-    with contextlib.suppress(Exception):  # a watcher that cannot start changes nothing else
+    try:
         socket_path = next(n["RayletSocketName"] for n in ray.nodes() if n.get("Alive"))
         session = os.path.dirname(os.path.dirname(socket_path))  # .../session_DATE_PID/sockets/raylet
-        if os.path.basename(session).startswith("session_"):
-            _reaper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, session], stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        if not os.path.basename(session).startswith("session_"):
+            raise ValueError(f"not a session folder: {session}")
+        session = os.path.realpath(session)  # /proc names open files by their real paths
+        _reaper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, session], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except Exception as exc:  # noqa: BLE001 - a watcher that cannot start changes nothing else
+        log.debug("no watcher for the private cluster (%s: %s)", type(exc).__name__, exc)
 
 
 def _release_watch() -> None:

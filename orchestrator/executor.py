@@ -47,7 +47,7 @@ class Slot:
     index: int
     handle: object = None  # the pool actor
     info: dict = field(default_factory=dict)
-    placed: object = None  # pool mode: a call that returns once the actor is up on a node (an ObjectRef)
+    placed: object = None  # what tells that its device's process is up on a node: the launcher's ``placed``
 
     @property
     def name(self) -> str:
@@ -73,12 +73,16 @@ class PoolLauncher:
         slot.placed = actor.placed.remote()
         return actor
 
-    def start(self, slots: list[Slot]) -> None:
+    def start(self, slots: list[Slot], shared: bool = False) -> None:
         for s in slots:
             s.handle = self._actor(s)
         probes = [s.handle.probe.remote() for s in slots]
-        wait_started(slots, probes, self.cfg.run.start_timeout_s + 300)
+        wait_started(slots, probes, self.cfg.run.start_timeout_s + 300, self.placed, shared)
         take_infos(slots, probes, "a device worker could not start")
+
+    @staticmethod
+    def placed(slot: Slot) -> bool:
+        return slot.placed is None or is_ready(slot.placed)
 
     def submit(self, slot: Slot, spec: dict, timeout_s: float):
         return slot.handle.run.remote(spec, timeout_s)
@@ -90,7 +94,7 @@ class PoolLauncher:
 
     def close(self, slots: list[Slot]) -> None:
         # an actor still waiting for the cluster's resources would take its close call only once placed
-        live = [s.handle for s in slots if s.handle is not None and (s.placed is None or is_ready(s.placed))]
+        live = [s.handle for s in slots if s.handle is not None and self.placed(s)]
         with contextlib.suppress(ray.exceptions.RayError):  # a dead or busy actor is killed all the same
             ray.get([h.close.remote() for h in live], timeout=10)
         for s in slots:
@@ -102,33 +106,35 @@ class PoolLauncher:
 # ----------------------------------------------------------------------------- task
 
 
-WAIT_LINE_S = 15.0  # a device worker not placed by then gets a line, and another each minute after
+WAIT_LINE_S = 15.0  # a device not placed by then gets a line, and another each minute after
 
 
 def is_ready(ref) -> bool:
     return bool(ray.wait([ref], timeout=0)[0])
 
 
-def wait_started(slots: list[Slot], probes: list, limit_s: float) -> None:
-    """Until every probe has answered, in short waits (a Ctrl-C is taken at once). While some
-    device is not up after ``WAIT_LINE_S``, and each minute after, a line says what it asks of
-    the cluster and what the cluster has free: on a shared cluster, other jobs may hold it all."""
+def wait_started(slots: list[Slot], probes: list, limit_s: float, placed: Callable[[Slot], bool],
+                 shared: bool) -> None:
+    """Until every probe has answered, in short waits (a Ctrl-C is taken at once), for at most
+    limit_s. On a cluster the sweep did not start (``shared``), while some device's process is
+    not placed on a node after ``WAIT_LINE_S``, and each minute after, a line says what it asks
+    of the cluster and what the cluster has free: other jobs may hold it all."""
     t0, say_at, left = time.monotonic(), WAIT_LINE_S, list(probes)
     while left:
         _, left = ray.wait(left, num_returns=len(left), timeout=0.5)
         waited = time.monotonic() - t0
         if left and waited > limit_s:
-            raise ClusterError(f"device workers did not start within run.start_timeout_s (+300 s); {free_line()}")
-        if left and waited >= say_at:
+            raise ClusterError(f"device workers did not start within run.start_timeout_s + 300 s ({limit_s:g} s); "
+                               f"{free_line()}")
+        if left and shared and waited >= say_at:
             say_at += 60.0
-            done = set(left)
-            waiting = [s for s, p in zip(slots, probes, strict=True)
-                       if p in done and (s.placed is None or not is_ready(s.placed))]
-            if waiting:  # task mode knows no placement: its probe may be running, or waiting
-                what = "not placed on a node" if waiting[0].placed is not None else "not started (or still starting)"
-                log.warning("waiting for the cluster: %d of %d device(s) %s after %.0f s; each asks for %s; %s; "
-                            "other jobs may hold the rest (the sweep starts when it gets them; Ctrl-C stops it)",
-                            len(waiting), len(slots), what, waited, asks(waiting[0].options), free_line())
+            pending = set(left)
+            waiting = [s for s, p in zip(slots, probes, strict=True) if p in pending and not placed(s)]
+            if waiting:
+                log.warning("waiting for the cluster: %d of %d device(s) not placed on a node after %.0f s; each asks "
+                            "for %s; %s; other jobs may hold the rest. The sweep begins once every device is up, or "
+                            "gives up after run.start_timeout_s + 300 s (%.0f s); Ctrl-C stops it", len(waiting),
+                            len(slots), waited, asks(waiting[0].options), free_line(), limit_s)
 
 
 def asks(options: dict) -> str:
@@ -161,13 +167,17 @@ class TaskLauncher:
         self.cfg = cfg
         self.queue = Queue(actor_options={"num_cpus": 0})
         self.ready: dict[str, float] = {}
+        self.began: set[str] = set()  # the probes that began (their tasks were placed)
 
-    def start(self, slots: list[Slot]) -> None:
+    def start(self, slots: list[Slot], shared: bool = False) -> None:
         device = "cpu" if self.cfg.run.device == "cpu" else "cuda"
-        refs = [probe_task.options(**s.options).remote("cpu" if s.target == "cpu" else device,
-                                                        list(self.cfg.grid.dtypes)) for s in slots]
+        for s in slots:
+            s.placed = f"probe-{s.index}"
+        dtypes = list(self.cfg.grid.dtypes)
+        refs = [probe_task.options(**s.options).remote("cpu" if s.target == "cpu" else device, dtypes, self.queue,
+                                                        s.placed) for s in slots]
         try:
-            wait_started(slots, refs, self.cfg.run.start_timeout_s + 300)
+            wait_started(slots, refs, self.cfg.run.start_timeout_s + 300, self.placed, shared)
         except BaseException:  # a joined cluster keeps no queued probe of a sweep that stopped
             for ref in refs:
                 with contextlib.suppress(Exception):
@@ -179,9 +189,17 @@ class TaskLauncher:
         return run_task.options(**slot.options).remote(spec, self.queue)
 
     def poll_ready(self) -> None:
+        """What the tasks said through the queue: a probe that began (placed), a cell ready to measure."""
         while not self.queue.empty():
-            _, token, _ = self.queue.get_nowait()
-            self.ready[token] = time.monotonic()
+            kind, token, _ = self.queue.get_nowait()
+            if kind == "placed":
+                self.began.add(token)
+            else:
+                self.ready[token] = time.monotonic()
+
+    def placed(self, slot: Slot) -> bool:
+        self.poll_ready()
+        return slot.placed in self.began
 
     def lost(self, slot: Slot, exc: Exception, handle) -> dict:
         return failure(Status.CRASHED.value, f"cell process died: {str(exc).strip().splitlines()[0]}", time.time())

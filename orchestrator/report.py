@@ -28,8 +28,10 @@ from orchestrator.rows import COLUMNS
 from orchestrator.store import Store
 
 log = logging.getLogger("orchestrator.report")  # __name__ is __main__ under python -m
-# conf/report.yaml: the report's folder (Hydra's run folder, its report.log) is output_dir when one is given
-OmegaConf.register_new_resolver("or_else", lambda value, default: default if value is None else value, replace=True)
+# conf/report.yaml: the report's folder (Hydra's run folder, its report.log) is output_dir when one is given, and
+# Hydra then writes no .hydra/ there (output_dir may be a sweep's run folder, whose .hydra/ is the sweep's record)
+OmegaConf.register_new_resolver("or_else", lambda value, default: value or default, replace=True)
+OmegaConf.register_new_resolver("unless_set", lambda value, then: None if value else then, replace=True)
 ROOT = Path(__file__).resolve().parents[1]
 FILTERS = ["sweep_name", "run_id", *PLATFORM, *SHAPE, "backend", "status", "target"]
 SETTINGS = {"store", "output_dir", "compare", "report", "hydra"}

@@ -203,7 +203,7 @@ class Session:
         fork = self.fork[0] if self.fork else None
         self.launcher = PoolLauncher(self.cfg, fork) if self.pool else TaskLauncher(self.cfg)
         t0, asked = time.perf_counter(), time.time()
-        self.launcher.start(self.slots)
+        self.launcher.start(self.slots, shared=not self.owns_ray)
         bad = [s for s in self.slots if s.info.get("error")]
         if bad:
             raise ClusterError(f"a device cannot run cells (host {bad[0].info.get('host')}, GPU ids "

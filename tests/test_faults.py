@@ -135,14 +135,15 @@ def fork_server_address(driver_pid: int) -> str:
     raise AssertionError("the driver runs no fork server")
 
 
-def holding(root: str) -> list[str]:
-    """This user's processes with a file open under root."""
+def holding(root: str, but: int = 0) -> list[str]:
+    """This user's processes with a file open under root (but that one)."""
     import psutil
 
     found = []
     for p in psutil.process_iter(["uids", "name"]):
         try:
-            if p.info["uids"].real == os.getuid() and any(f.path.startswith(root) for f in p.open_files()):
+            if p.pid != but and p.info["uids"].real == os.getuid() and any(f.path.startswith(root)
+                                                                           for f in p.open_files()):
                 found.append(f"{p.pid} {p.info['name']}")
         except (psutil.Error, TypeError):
             pass
@@ -152,23 +153,31 @@ def holding(root: str) -> list[str]:
 @pytest.mark.slow
 def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
     """SIGKILL to the driver: every row it wrote stays, the same command resumes, and nothing of
-    its private cluster stays behind (Ray's dashboard and runtime-env agents did, for good)."""
+    its private cluster stays behind (Ray's dashboard and runtime-env agents did, for good), but
+    for a user's `tail -f` of one of its logs."""
     store = tmp_path / "results"
     ray_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
     proc = start_sweep(store, tmp_path / "run1", f"+cluster.init._temp_dir={ray_dir}")
     wait_for_rows(store, 6, proc)
     socket_path = fork_server_address(proc.pid)
     assert holding(ray_dir)  # the cluster's processes write their logs there
+    log_file = next(Path(ray_dir).glob("session_*/logs/raylet.out"))
+    reader = subprocess.Popen(["tail", "-f", str(log_file)], stdout=subprocess.DEVNULL)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = Store(store).read()
     deadline = time.time() + 20
-    while holding(ray_dir) and time.time() < deadline:
+    while holding(ray_dir, but=reader.pid) and time.time() < deadline:
         time.sleep(0.5)
-    left = holding(ray_dir)
+    left = holding(ray_dir, but=reader.pid)
+    time.sleep(1)
+    reading = reader.poll() is None
+    reader.kill()
+    reader.wait()
     finish(proc)
     shutil.rmtree(ray_dir, ignore_errors=True)
     assert not left, f"left running by the killed driver's cluster: {left}"
+    assert reading  # a reader of its logs is not the cluster's
     deadline = time.time() + 10  # the server removes its socket, then its folder: wait for the folder
     while os.path.exists(os.path.dirname(socket_path)) and time.time() < deadline:
         time.sleep(0.1)

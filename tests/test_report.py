@@ -378,16 +378,20 @@ def test_cli(smoke_dataset, tmp_path):
 
 def test_the_report_command_keeps_its_log_with_its_files_and_explains_itself(smoke_dataset, tmp_path):
     """output_dir= is the report's folder, its report.log included (the log went to a new folder
-    under outputs/reports/ of wherever the command ran); --help is the report's own page; a
+    under outputs/reports/ of wherever the command ran), and a sweep's record there is left as it
+    is (no .hydra/ of the report's); --help is the report's own page; a
     store.path that does not exist is named as such (it read "no rows")."""
     def report_cli(*args):
         return subprocess.run([sys.executable, "-m", "orchestrator.report", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
 
-    out = tmp_path / "mine"
+    out = tmp_path / "mine"  # a sweep's run folder, say, as the sweep's own hints suggest
+    (out / ".hydra").mkdir(parents=True)
+    (out / ".hydra" / "config.yaml").write_text("the sweep's config\n")
     done = report_cli(f"store.path={smoke_dataset['store']}", f"output_dir={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "report.html").is_file() and "report:" in (out / "report.log").read_text()
+    assert (out / ".hydra" / "config.yaml").read_text() == "the sweep's config\n"  # the sweep's record kept
     assert not (tmp_path / "outputs").exists()  # nothing of this report elsewhere
     page = report_cli("--help")
     assert page.returncode == 0 and "powered by Hydra" not in page.stdout
