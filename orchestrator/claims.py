@@ -11,7 +11,6 @@ away (its process is gone, on this host, or its heartbeat ``alive/<run_id>`` is 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -59,8 +58,9 @@ class Claims:
                     continue  # released meanwhile
                 if owner.get("run_id") == run_id or not self._owner_alive(owner):
                     path.unlink(missing_ok=True)
-                    if owner.get("run_id") not in (run_id, "?"):
-                        self._drop_heartbeat(owner)
+                    dead = owner.get("run_id")
+                    if dead not in (run_id, "?", None):  # its heartbeat goes too: _owner_alive judged by it
+                        (self.meta / "alive" / str(dead)).unlink(missing_ok=True)
                     continue
                 return owner
             os.write(fd, json.dumps({"run_id": run_id, "host": HOST, "pid": os.getpid(),
@@ -83,15 +83,6 @@ class Claims:
         beat = self.meta / "alive" / str(owner.get("run_id"))
         last = beat.stat().st_mtime if beat.exists() else owner.get("since", 0.0)
         return time.time() - last < CLAIM_STALE_S
-
-    def _drop_heartbeat(self, owner: dict) -> None:
-        """A dead run's heartbeat goes with its claims: when its process is gone from this host, or
-        the heartbeat itself is stale (not when only the claim's own time made the run look dead)."""
-        beat = self.meta / "alive" / str(owner.get("run_id"))
-        gone = owner.get("host") == HOST and not alive(HOST, int(owner.get("pid", 0)))
-        with contextlib.suppress(FileNotFoundError):
-            if gone or time.time() - beat.stat().st_mtime >= CLAIM_STALE_S:
-                beat.unlink(missing_ok=True)
 
     def release(self, cell_id: str, run_id: str) -> None:
         owner = self.owner(cell_id)

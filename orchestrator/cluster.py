@@ -69,10 +69,11 @@ def connect(c, prestart_workers: bool = False) -> str:
     address = c.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return "using the Ray cluster this process is already connected to"
-    source = f"cluster.address = {c.address!r}" if c.address else f"RAY_ADDRESS = {address!r}"
+    name = "cluster.address" if c.address else "RAY_ADDRESS"
+    source = f"{name} = {address!r}"
     kw = {"include_dashboard": False, **_ray_logging(c.verbose), **dict(c.init)}
     if address:
-        check_reachable(address, ClusterError, source.split(" = ")[0])
+        check_reachable(address, ClusterError, name)  # the CLI asked already (auth.prepare); a library caller not
         check_token(address)
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "5")
         try:

@@ -189,6 +189,14 @@ def test_a_model_missing_from_the_cluster_is_a_config_error(ray_fake_gpus, tmp_p
         run(make_cfg("+sweep=smoke", "grid.accelerators=[A100]", store=tmp_path / "r"))
 
 
+def script(code: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -c code args` in a process of its own, with its own Ray cluster (no RAY_ADDRESS of
+    this one), the tests folder importable (conftest's make_cfg)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 NICE = """
 import os, sys, ray
 if sys.argv[1] == "ours":
@@ -214,12 +222,10 @@ def test_cell_processes_run_at_normal_priority():
     """Ray starts its workers at nice 15 (a busy host then starves a cell: a task-mode cell's
     start took 65 s instead of 4 s beside two busy loops on 2 cores). A private cluster starts
     them at the driver's priority; in a cluster started elsewhere the tool's workers undo it."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     me = os.getpriority(os.PRIO_PROCESS, 0)
 
     def nice(kind: str) -> list[int]:
-        out = subprocess.run([sys.executable, "-c", NICE, kind], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=120)
+        out = script(NICE, kind)
         return [int(x) for x in out.stdout.split()[-2:]] if out.returncode == 0 else pytest.fail(out.stderr[-2000:])
 
     assert nice("ours") == [me, me]
@@ -316,9 +322,7 @@ def test_a_sweep_waiting_for_a_busy_clusters_resources_says_so(tmp_path, how, is
     """Another job holds the cluster's only CPU: the sweep says what it waits for (it was silent
     until the cluster's start limit, minutes later), starts once the CPU is free, and stops at
     once on Ctrl-C (it sat 10 s asking a device worker that was never placed to close)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.run([sys.executable, "-c", BUSY, how, str(tmp_path / "r"), str(tmp_path / "out"), isolation],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = script(BUSY, how, tmp_path / "r", tmp_path / "out", isolation, timeout=240)
     lines = proc.stdout.splitlines()
     said = [ln for ln in lines if ln.startswith("LINE ")]
     assert said, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -349,9 +353,7 @@ except ConfigError as exc:
 def test_a_cluster_with_nothing_to_run_cells_on_is_refused_saying_so(tmp_path):
     """A cluster of no CPU and no GPU: the line says so (it advised run.cpu_workers=1, the
     setting that had just failed)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.run([sys.executable, "-c", NO_CPU, str(tmp_path / "r")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = script(NO_CPU, tmp_path / "r")
     said = [ln for ln in proc.stdout.splitlines() if ln.startswith("REFUSED ")]
     assert said and "no GPU and no whole CPU to run a cell on" in said[0], proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "run.cpu_workers=1" not in said[0]
