@@ -14,6 +14,9 @@
 #            settings, agreement.py run to run, and the steps of a reused process (probe_reuse.py)
 # sets:      measure.input_sets=4 against 1 (the default), one process per device: agreement.py with the two
 #            interleaved, three runs each, on each GPU at once (run to run stays on one GPU)
+# sets_fresh: measure.input_sets=4 against 1 with a fresh process per cell (the default): agreement.py on each
+#            GPU at once, even GPUs new,sets4,new and odd ones sets4,new,sets4 (run to run stays on one GPU)
+# scale:     inprocess.py with the sweep on 1, 2 and every GPU (GPUS=1,2,4), both run.cells_per_process settings
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_verify}
@@ -76,6 +79,21 @@ if want sets; then
   done
   wait
   grep -h -e "cells in" -e "run to run" "$OUT"/sets_gpu*.txt
+fi
+if want sets_fresh; then
+  step "sets_fresh: input_sets 4 against 1, a fresh process per cell, on each GPU at once"
+  for g in $(nvidia-smi --query-gpu=index --format=csv,noheader); do
+    if (( g % 2 == 0 )); then runs=new:1,sets4:1,new:1; else runs=sets4:1,new:1,sets4:1; fi
+    CUDA_VISIBLE_DEVICES=$g timeout 560 python benchmarks/agreement.py --keep "$OUT/work/sets_fresh_gpu$g" \
+      --runs $runs "${FULL120[@]}" 2>&1 | grep -v "^\[" > "$OUT/sets_fresh_gpu$g.txt" &
+  done
+  wait
+  grep -h -e "cells in" -e "run to run" "$OUT"/sets_fresh_gpu*.txt
+fi
+if want scale; then
+  step "scale: the sweep on ${GPUS:=1,2,4} GPUs, a fresh process per cell and one process per device"
+  timeout 590 python benchmarks/inprocess.py --gpus "$GPUS" --cells-per-process 1,0 --keep "$OUT/work/scale" 2>&1 \
+    | tee "$OUT/scale.txt"
 fi
 if want full; then
   step "+sweep=full on every GPU"
