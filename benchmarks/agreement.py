@@ -3,6 +3,7 @@
     python benchmarks/agreement.py                               # +sweep=seed: new, new again, old
     python benchmarks/agreement.py --runs new,new,old,noprewarm +sweep=full grid.dtypes=[bfloat16] grid.head_dims=[128]
     python benchmarks/agreement.py --runs new:1,new:2               # 1 GPU against 2 (cluster.num_gpus)
+    python benchmarks/agreement.py --runs new,new,fresh,fresh ...     # the default against a fresh process per cell
     python benchmarks/agreement.py --keep outputs/agreement ...      # keep each run's dataset
     python benchmarks/agreement.py --runs reuse,reuse_sets4,reuse,reuse_sets4 ...  # two settings, interleaved
 
@@ -33,12 +34,14 @@ KINDS = {
     "new": [],
     "old": ["measure.method=events", "measure.precision=0", "measure.budget_ms=500", "measure.warmup_ms=100",
             "measure.warmup_iters=3", "measure.min_iters=10", "measure.max_iters=1000"],
-    "noprewarm": ["run.prewarm=0"],
-    "prewarm3": ["run.prewarm=3"],
+    "fresh": ["run.cells_per_process=1"],  # a fresh process and CUDA context per cell
+    "noprewarm": ["run.cells_per_process=1", "run.prewarm=0"],  # fresh processes, none started ahead
+    "prewarm3": ["run.cells_per_process=1", "run.prewarm=3"],
     "backtoback": ["measure.duty=1"],  # timed calls unpaced, as before measure.duty
     "task": ["run.isolation=task"],
-    "reuse": ["run.cells_per_process=0"],  # one process per device, cell after cell
+    "reuse": ["run.cells_per_process=0"],  # one process per device, cell after cell (the default, said explicitly)
     "sets4": ["measure.input_sets=4"],  # calls under 0.2 ms timed over 4 copies of their inputs
+    "fresh_sets4": ["run.cells_per_process=1", "measure.input_sets=4"],
     "reuse_sets4": ["run.cells_per_process=0", "measure.input_sets=4"],
 }
 KEY = ["backend", "mode", "dtype", "causal", "head_dim", "num_heads", "batch_size", "seq_len"]

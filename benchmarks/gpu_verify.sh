@@ -63,7 +63,7 @@ if want drivercalls; then
 fi
 if want reuse; then
   step "reuse: one process per device against a fresh process per cell"
-  timeout 560 python benchmarks/inprocess.py --gpus 1,2 --cells-per-process 1,0 --keep "$OUT/work/inprocess_reuse" 2>&1 \
+  timeout 560 python benchmarks/inprocess.py --gpus 1,2 --cells-per-process 0,1 --keep "$OUT/work/inprocess_reuse" 2>&1 \
     | tee "$OUT/inprocess_reuse.txt"
   timeout 300 python benchmarks/agreement.py --runs reuse:1,reuse:1 --keep "$OUT/work/agreement_reuse" \
     "${FULL120[@]}" 2>&1 | grep -v "^\[" | tee "$OUT/agreement_reuse.txt"
@@ -83,7 +83,7 @@ fi
 if want sets_fresh; then
   step "sets_fresh: input_sets 4 against 1, a fresh process per cell, on each GPU at once"
   for g in $(nvidia-smi --query-gpu=index --format=csv,noheader); do
-    if (( g % 2 == 0 )); then runs=new:1,sets4:1,new:1; else runs=sets4:1,new:1,sets4:1; fi
+    if (( g % 2 == 0 )); then runs=fresh:1,fresh_sets4:1,fresh:1; else runs=fresh_sets4:1,fresh:1,fresh_sets4:1; fi
     CUDA_VISIBLE_DEVICES=$g timeout 560 python benchmarks/agreement.py --keep "$OUT/work/sets_fresh_gpu$g" \
       --runs $runs "${FULL120[@]}" 2>&1 | grep -v "^\[" > "$OUT/sets_fresh_gpu$g.txt" &
   done
@@ -92,7 +92,7 @@ if want sets_fresh; then
 fi
 if want scale; then
   step "scale: the sweep on ${GPUS:=1,2,4} GPUs, a fresh process per cell and one process per device"
-  timeout 590 python benchmarks/inprocess.py --gpus "$GPUS" --cells-per-process 1,0 --keep "$OUT/work/scale" 2>&1 \
+  timeout 590 python benchmarks/inprocess.py --gpus "$GPUS" --cells-per-process 0,1 --keep "$OUT/work/scale" 2>&1 \
     | tee "$OUT/scale.txt"
 fi
 if want full; then

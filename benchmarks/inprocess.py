@@ -3,7 +3,7 @@
     python benchmarks/inprocess.py                  # a GPU machine: the 120 bf16 head-128 cells of +sweep=full
     python benchmarks/inprocess.py --gpus 1,2       # the sweep on 1 GPU and on 2 (cluster.num_gpus)
     python benchmarks/inprocess.py --cells cpu      # a machine without a GPU: 24 small CPU cells
-    python benchmarks/inprocess.py --gpus 1,2 --cells-per-process 1,0   # also one process per device
+    python benchmarks/inprocess.py --gpus 1,2 --cells-per-process 0,1   # also a fresh process per cell
 
 Each contender is a command of its own, timed from its process start to its exit:
 
@@ -14,8 +14,10 @@ Each contender is a command of its own, timed from its process start to its exit
 2. the same loop timing each cell with this project's timing function (``tasks/timing.py``:
    CUDA-graph replays, L2 flushed) in one process: what isolation costs in numbers;
 3. ``python -m orchestrator`` on those cells, once per GPU count (and per
-   ``run.cells_per_process`` asked for: 1, the default, a fresh process per cell; 0, one
-   process per device that measures cell after cell), report included.
+   ``run.cells_per_process`` asked for: 0, the default, one process per device that measures cell
+   after cell; 1, a fresh process per cell), report included. A sweep's tag is ``g<GPUs>``, with
+   ``-p<N>`` when run.cells_per_process is not the default (files before 2026-11-26 22:30 UTC
+   tagged the other way round: ``g1`` a fresh process per cell, ``g1-p0`` one per device).
 
 Prints the medians side by side, the parts of a sweep cell's time, and last, per GPU count,
 ``sweep vs in-process: X s vs Y s, ratio X/Y = R; N/M medians within 2%``.
@@ -134,7 +136,7 @@ def sweep(cells: str, gpus: int | None, per_process: int, tmp: Path) -> dict:
 
     from orchestrator.store import Store
 
-    tag = (f"g{gpus}" if gpus else "cpu") + (f"-p{per_process}" if per_process != 1 else "")
+    tag = (f"g{gpus}" if gpus else "cpu") + (f"-p{per_process}" if per_process != 0 else "")
     store, run = tmp / f"store-{tag}", tmp / f"run-{tag}"
     extra = ([f"cluster.num_gpus={gpus}"] if gpus else []) + [f"run.cells_per_process={per_process}"]
     wall = timed([sys.executable, "-m", "orchestrator", *CELLS[cells], *extra, f"store.path={store}",
@@ -190,7 +192,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", default=None, choices=sorted(CELLS), help="full (GPU; default there) or cpu")
     ap.add_argument("--gpus", default="1", help="GPU counts for the sweep, e.g. 1,2")
-    ap.add_argument("--cells-per-process", default="1", help="run.cells_per_process values for the sweep, e.g. 1,0")
+    ap.add_argument("--cells-per-process", default="0", help="run.cells_per_process values for the sweep, e.g. 0,1 "
+                    "(0, the default: one process per device; 1: a fresh process per cell)")
     ap.add_argument("--loop", choices=["dobench", "graph"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--keep", help="keep datasets and logs in this folder")

@@ -99,9 +99,10 @@ class RunConfig:
     cpus_per_gpu_cell: float = 0.01
     cpu_threads: int | None = None  # torch threads of a CPU cell; null: the machine's cores / cpu_workers
     prewarm: int = 2  # pool mode on a GPU: cell processes started ahead (CUDA context) while one measures
-    cells_per_process: int = 1  # pool mode: cells one process measures in turn (0: no limit); 1: a fresh process
-    #                             and CUDA context per cell. More is faster, but a cell sees what earlier ones
-    #                             left in the process; it is replaced after an error, crash or timeout
+    cells_per_process: int | None = None  # pool mode: cells one process measures in turn; null (the default): no
+    #                                      limit, one process per device, replaced after an error, crash, timeout
+    #                                      or uncapturable call; 1: a fresh process and CUDA context per cell (task
+    #                                      mode always); N: a fresh one every N cells
     progress: bool = True
 
 
@@ -249,6 +250,13 @@ def _grid(g, backends) -> None:
                 raise ConfigError(f"grid.model_dim = {g.model_dim}: not a positive multiple of head dim {d}")
 
 
+def cells_per_process(r) -> int:
+    """run.cells_per_process as the worker takes it: null is 0 (no limit) in pool mode, 1 in task mode."""
+    if r.cells_per_process is None:
+        return 0 if r.isolation == "pool" else 1
+    return r.cells_per_process
+
+
 def _run(r) -> None:
     if r.isolation not in ISOLATION:
         raise ConfigError(f"run.isolation = {r.isolation!r}: choose from {', '.join(ISOLATION)}")
@@ -259,11 +267,11 @@ def _run(r) -> None:
     for key in ("cell_timeout_s", "start_timeout_s", "cpu_workers", "max_cells"):
         if getattr(r, key) <= 0:
             raise ConfigError(f"run.{key} = {getattr(r, key)}: must be positive")
-    if r.cells_per_process != 1 and r.isolation != "pool":
+    if r.cells_per_process not in (None, 1) and r.isolation != "pool":
         raise ConfigError(f"run.cells_per_process = {r.cells_per_process}: only pool isolation runs several cells in "
                           "one process; a Ray task (run.isolation=task) measures one")
     for key in ("retries", "prewarm", "cells_per_process"):
-        if getattr(r, key) < 0:
+        if getattr(r, key) is not None and getattr(r, key) < 0:
             raise ConfigError(f"run.{key} = {getattr(r, key)}: must be 0 or more")
     for i, status in enumerate(r.fail_on):
         if status not in STATUSES:

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from orchestrator import capability, provenance
 from orchestrator.claims import HOST
-from orchestrator.config import ConfigError, check_host, host_gpus, validate
+from orchestrator.config import ConfigError, cells_per_process, check_host, host_gpus, validate
 from orchestrator.errors import SIGNALS, Interrupted, StopOnce, StoreWriteError, ignore_signals, signal_of
 from orchestrator.grid import Cell, digest, expand
 from orchestrator.rows import shares
@@ -84,6 +84,14 @@ def make_row(cell: Cell, result: dict, ctx: dict, platform: dict | None = None) 
     return {**(platform or {}), **result, **cell.params(), "cell_id": cell.cell_id, "row_id": uuid.uuid4().hex, **ctx}
 
 
+def processes(r) -> str:
+    """How cells get their processes, in the sweep's first line."""
+    n = cells_per_process(r)
+    how = {0: "one process per device, replaced after a failure", 1: "a fresh process per cell"}.get(
+        n, f"a fresh process every {n} cells and after a failure")
+    return f"{r.isolation} isolation: {how}"
+
+
 class RunLog:
     """One run's rows: each completed with the run's columns, made durable, then tallied."""
 
@@ -123,9 +131,9 @@ class Rounds:
         todo = self.skip_done(cells)
         # a capacity search runs several rounds (its planner counts them): the line says which
         name = f"{self.cfg.sweep_name!r}" + (f", round {self.planner.rounds}" if self.cfg.capacity.enabled else "")
-        log.info("sweep %s: %d cells, %d to run, %d already in %s; %d device(s) (%s isolation)",
+        log.info("sweep %s: %d cells, %d to run, %d already in %s; %d device(s) (%s)",
                  name, len(cells), len(todo), len(cells) - len(todo), self.store.path,
-                 self.summary.devices, self.cfg.run.isolation)
+                 self.summary.devices, processes(self.cfg.run))
         mine, theirs = self._claim(todo)
         self._execute(mine)
         self._wait_for_others(theirs)

@@ -1,12 +1,13 @@
 """Run cells on the cluster's devices, one device each, and hand back each cell's result.
 
-Two launchers behind one interface, each running every cell in a fresh process on exactly
+Two launchers behind one interface, each running cells in processes of their own on exactly
 one device:
 
 * ``PoolLauncher`` (``run.isolation=pool``, default): one long-lived actor per device
-  (``num_gpus=1``) runs each cell in a fresh child forked from a torch-preloaded fork server
-  (``isolation.py``); the actor takes the next cells while one measures, so their processes
-  start and prepare meanwhile. It enforces each cell's deadline itself.
+  (``num_gpus=1``) runs cells in a child forked from a torch-preloaded fork server
+  (``isolation.py``): by default one child measures the device's cells one after another and is
+  replaced after any failure; with ``run.cells_per_process=1`` each cell gets a fresh child,
+  started and prepared while the previous cell measures. It enforces each cell's deadline itself.
 * ``TaskLauncher`` (``run.isolation=task``): one ``@ray.remote(max_calls=1)`` task per cell, the
   plain Ray way: a new worker process per cell, which pays Python start, ``import torch`` and
   CUDA each time. Each task says through a queue when it is ready to measure; its deadline
@@ -29,6 +30,7 @@ import ray
 from ray.util.queue import Queue
 
 from orchestrator.cluster import ClusterError
+from orchestrator.config import cells_per_process
 from orchestrator.grid import Cell
 from orchestrator.isolation import failure
 from orchestrator.progress import cell_label
@@ -69,7 +71,7 @@ class PoolLauncher:
     def _actor(self, slot: Slot):
         r, device = self.cfg.run, "cpu" if slot.target == "cpu" or self.cfg.run.device == "cpu" else "cuda"
         actor = DeviceWorker.options(**slot.options).remote(self.address, device, list(self.cfg.grid.dtypes),
-                                                            r.prewarm, r.start_timeout_s, r.cells_per_process)
+                                                            r.prewarm, r.start_timeout_s, cells_per_process(r))
         slot.placed = actor.placed.remote()
         return actor
 

@@ -1,5 +1,10 @@
-"""Run each cell in a fresh child process forked from a torch-preloaded fork server, one device
-at a time, with the next cells' process start hidden behind the current cell's work.
+"""Run cells in child processes forked from a torch-preloaded fork server, one device at a time.
+
+By default (``cells_per_process=0``) one child measures the device's cells one after another and
+is replaced after an error, a crash, a timeout or a call that could not be captured; between cells
+it frees the cell's memory and loads its libraries again as a fresh process does. With
+``cells_per_process=1`` each cell gets a fresh child and CUDA context, the next cells' process
+start hidden behind the current cell's work as far as it may be:
 
 A cell process goes through ``tasks.cell``'s phases; the runner hands the device on at fixed
 points, so that nothing another cell does overlaps what this cell measures:

@@ -139,8 +139,8 @@ COLUMNS: list[Column] = [
     Column("host", S, "host name"),
     Column("node_id", S, "Ray node id"),
     Column("pid", I, "process id of the cell"),
-    Column("process_cell", I, "which cell of its process this was (crashed and timed-out cells included): 1 in a "
-                              "fresh process (the default), more with run.cells_per_process other than 1"),
+    Column("process_cell", I, "which cell of its process this was (crashed and timed-out cells included): 1, 2, ... "
+                              "in a device's process (the default); always 1 with run.cells_per_process=1"),
     Column("git_commit", S, "commit of this project when run from a git checkout (`-dirty`: uncommitted changes)"),
     Column("tool_version", S, "installed version of this project (attention-sweep-orchestrator)"),
     # when, and what it cost
@@ -155,8 +155,8 @@ COLUMNS: list[Column] = [
     Column("accuracy_s", F, "seconds of the accuracy check"),
     Column("spawn_s", F, "seconds from the cell's turn on its device to its process being ready (about 0 when "
                          "started ahead)"),
-    Column("startup_s", F, "seconds of the cell process's CUDA context and library start (hidden behind earlier "
-                           "cells when prewarmed)"),
+    Column("startup_s", F, "seconds of the cell process's CUDA context and library start (0 for a process's later "
+                           "cells; hidden behind earlier cells when prewarmed)"),
     Column("startup_wait_s", F, "of startup_s, seconds its steps waited for the GPU's lock (other cells' quiet "
                                 "windows; null on the CPU)"),
     Column("previous_wait_s", F, "seconds the cell waited, before its quiet window, for the previous cell's "

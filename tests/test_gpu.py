@@ -207,8 +207,8 @@ def test_ceilings_and_shares_are_plausible():
 
 
 def test_a_gpu_sweep_pipelines_cells_and_keeps_their_memory_apart(tmp_path):
-    """Pool mode with two cell processes started ahead (their CUDA contexts up while a cell
-    measures): every row is timed by graph replay, measured windows never overlap, and NVML's
+    """run.cells_per_process=1, a fresh process per cell, with two cell processes started ahead
+    (their CUDA contexts up while a cell measures): every row is timed by graph replay, measured windows never overlap, and NVML's
     device readings leave the waiting processes' contexts out."""
     import pandas as pd
     from conftest import ensure_ray, make_cfg
@@ -218,7 +218,7 @@ def test_a_gpu_sweep_pipelines_cells_and_keeps_their_memory_apart(tmp_path):
     ensure_ray(torch.cuda.device_count())
     others = gpu_used_by_others()
     s = run(make_cfg("+sweep=seed", "grid.backends=[flash,cudnn,math]", "grid.seq_lens=[256,1024,2048]",
-                     "run.prewarm=2", store=tmp_path / "r"))
+                     "run.cells_per_process=1", "run.prewarm=2", store=tmp_path / "r"))
     df = pd.read_parquet(tmp_path / "r")
     assert s.statuses == {"ok": 9} and (df.timing_method == "cuda_graph").all()
     for _, r in df.iterrows():  # before the call: this process (context, inputs) and nothing of the next cells
@@ -228,8 +228,8 @@ def test_a_gpu_sweep_pipelines_cells_and_keeps_their_memory_apart(tmp_path):
 
 
 def test_one_process_for_many_gpu_cells_carries_nothing_of_the_previous_cell(tmp_path):
-    """run.cells_per_process=0: a GPU's cells run one after another in one process (the larger ones
-    first); a small cell measured after a large one has none of its memory in NVML's process figure."""
+    """By default (run.cells_per_process unset) a GPU's cells run one after another in one process
+    (the larger ones first); a small cell measured after a large one has none of its memory in NVML's process figure."""
     import pandas as pd
     from conftest import ensure_ray, make_cfg
 
@@ -237,7 +237,7 @@ def test_one_process_for_many_gpu_cells_carries_nothing_of_the_previous_cell(tmp
 
     ensure_ray(1)  # one device, whatever the host has: a small cell comes after a large one
     s = run(make_cfg("+sweep=seed", "grid.backends=[math,flash]", "grid.seq_lens=[256,4096]", "grid.batch_sizes=[4]",
-                     "run.cells_per_process=0", store=tmp_path / "r"))
+                     store=tmp_path / "r"))
     df = pd.read_parquet(tmp_path / "r")
     assert s.statuses == {"ok": 4} and (df.timing_method == "cuda_graph").all()
     assert (df.groupby("gpu_uuid").pid.nunique() == 1).all() and df.process_cell.max() >= 2

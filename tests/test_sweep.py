@@ -36,9 +36,19 @@ def test_smoke_sweep_writes_one_row_per_cell(smoke_dataset):
     assert (df.iters >= 5).all() and (df.tflops > 0).all()
     assert (df.rel_error < 1e-4).all()  # float32 against the fp32 reference
     assert df.torch_version.notna().all() and df.host.notna().all() and df.pid.notna().all()
-    assert df.pid.nunique() == len(df)  # every cell in a process of its own
+    # by default one process per device (one CPU slot here) measures cell after cell
+    assert df.pid.nunique() == 1 and sorted(df.process_cell) == list(range(1, len(df) + 1))
     assert (df.ended_at > df.started_at).all()
     assert smoke_dataset["summary"].statuses == {"ok": len(cells)}
+
+
+def test_cells_per_process_one_gives_every_cell_a_fresh_process(tmp_path):
+    """run.cells_per_process=1: the strict isolation, a process (and on a GPU a CUDA context) per cell."""
+    ensure_ray(0)
+    summary = run(make_cfg("+sweep=smoke", "run.cells_per_process=1", store=tmp_path / "r"))
+    df = pd.read_parquet(tmp_path / "r")
+    assert summary.statuses == {"ok": len(df)} and len(df) > 1
+    assert df.pid.nunique() == len(df) and (df.process_cell == 1).all()
 
 
 @pytest.mark.slow
