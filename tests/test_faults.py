@@ -1,5 +1,6 @@
 """Failures provoked for real: each ends as one row with the right status; the sweep goes on."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -135,6 +136,18 @@ def fork_server_address(driver_pid: int) -> str:
     raise AssertionError("the driver runs no fork server")
 
 
+def serving(address: str) -> list[str]:
+    """Processes whose command line names this fork server address, with their state."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "status", "ppid"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if address in (p.info["cmdline"] or []):
+                found.append(f"{p.pid} {p.info['status']} parent {p.info['ppid']}")
+    return found
+
+
 def holding(root: str, but: int = 0) -> list[str]:
     """This user's processes with a file open under root (but that one)."""
     import psutil
@@ -181,7 +194,9 @@ def test_driver_killed_with_sigkill_loses_nothing_and_resumes(tmp_path):
     deadline = time.time() + 10  # the server removes its socket, then its folder: wait for the folder
     while os.path.exists(os.path.dirname(socket_path)) and time.time() < deadline:
         time.sleep(0.1)
-    assert not os.path.exists(os.path.dirname(socket_path))  # the orphaned fork server removed its socket
+    folder = os.path.dirname(socket_path)
+    assert not os.path.exists(folder), ("the orphaned fork server left its socket's folder", os.listdir(folder),
+                                        serving(socket_path))
     assert 6 <= len(before) < 24 and before.cell_id.is_unique
     proc2 = start_sweep(store, tmp_path / "run2")
     out, _ = proc2.communicate(timeout=300)
