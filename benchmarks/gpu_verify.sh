@@ -70,25 +70,25 @@ if want reuse; then
   LOG="$OUT/probe_reuse_steps.log" CUDA_VISIBLE_DEVICES=0 timeout 200 python docs/h200x2/probe_reuse.py 2>&1 \
     | grep -v -e Deprecation -e "os.fork()" | tee "$OUT/probe_reuse.txt"
 fi
-if want sets; then
-  step "sets: input_sets 4 against 1, one process per device, interleaved, on each GPU at once"
+# agreement.py on each GPU at once, one sweep after another: per_gpu NAME RUNS_EVEN_GPUS RUNS_ODD_GPUS
+per_gpu() {
+  local g runs
   for g in $(nvidia-smi --query-gpu=index --format=csv,noheader); do
-    CUDA_VISIBLE_DEVICES=$g timeout 590 python benchmarks/agreement.py --keep "$OUT/work/sets_gpu$g" \
-      --runs reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1 "${FULL120[@]}" 2>&1 \
-      | grep -v "^\[" > "$OUT/sets_gpu$g.txt" &
+    if (( g % 2 == 0 )); then runs=$2; else runs=$3; fi
+    CUDA_VISIBLE_DEVICES=$g timeout 560 python benchmarks/agreement.py --keep "$OUT/work/$1_gpu$g" \
+      --runs "$runs" "${FULL120[@]}" 2>&1 | grep -v "^\[" > "$OUT/$1_gpu$g.txt" &
   done
   wait
-  grep -h -e "cells in" -e "run to run" "$OUT"/sets_gpu*.txt
+  grep -h -e "cells in" -e "run to run" "$OUT"/$1_gpu*.txt
+}
+if want sets; then
+  step "sets: input_sets 4 against 1, one process per device, interleaved, on each GPU at once"
+  runs=reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1
+  per_gpu sets $runs $runs
 fi
 if want sets_fresh; then
   step "sets_fresh: input_sets 4 against 1, a fresh process per cell, on each GPU at once"
-  for g in $(nvidia-smi --query-gpu=index --format=csv,noheader); do
-    if (( g % 2 == 0 )); then runs=fresh:1,fresh_sets4:1,fresh:1; else runs=fresh_sets4:1,fresh:1,fresh_sets4:1; fi
-    CUDA_VISIBLE_DEVICES=$g timeout 560 python benchmarks/agreement.py --keep "$OUT/work/sets_fresh_gpu$g" \
-      --runs $runs "${FULL120[@]}" 2>&1 | grep -v "^\[" > "$OUT/sets_fresh_gpu$g.txt" &
-  done
-  wait
-  grep -h -e "cells in" -e "run to run" "$OUT"/sets_fresh_gpu*.txt
+  per_gpu sets_fresh fresh:1,fresh_sets4:1,fresh:1 fresh_sets4:1,fresh:1,fresh_sets4:1
 fi
 if want scale; then
   step "scale: the sweep on ${GPUS:=1,2,4} GPUs, a fresh process per cell and one process per device"

@@ -49,7 +49,7 @@ class Slot:
     index: int
     handle: object = None  # the pool actor
     info: dict = field(default_factory=dict)
-    placed: object = None  # what tells that its device's process is up on a node: the launcher's ``placed``
+    placed: object = None  # pool mode: a call that returns once the actor is up on a node (an ObjectRef)
 
     @property
     def name(self) -> str:
@@ -169,15 +169,13 @@ class TaskLauncher:
         self.cfg = cfg
         self.queue = Queue(actor_options={"num_cpus": 0})
         self.ready: dict[str, float] = {}
-        self.began: set[str] = set()  # the probes that began (their tasks were placed)
+        self.began: set[int] = set()  # the slots whose probes began (their tasks were placed)
 
     def start(self, slots: list[Slot], shared: bool = False) -> None:
         device = "cpu" if self.cfg.run.device == "cpu" else "cuda"
-        for s in slots:
-            s.placed = f"probe-{s.index}"
         dtypes = list(self.cfg.grid.dtypes)
         refs = [probe_task.options(**s.options).remote("cpu" if s.target == "cpu" else device, dtypes, self.queue,
-                                                        s.placed) for s in slots]
+                                                        s.index) for s in slots]
         try:
             wait_started(slots, refs, self.cfg.run.start_timeout_s + 300, self.placed, shared)
         except BaseException:  # a joined cluster keeps no queued probe of a sweep that stopped
@@ -201,7 +199,7 @@ class TaskLauncher:
 
     def placed(self, slot: Slot) -> bool:
         self.poll_ready()
-        return slot.placed in self.began
+        return slot.index in self.began
 
     def lost(self, slot: Slot, exc: Exception, handle) -> dict:
         return failure(Status.CRASHED.value, f"cell process died: {str(exc).strip().splitlines()[0]}", time.time())

@@ -139,11 +139,8 @@ def _serve(listener: socket.socket, preload: list[str]) -> None:
     clients: dict[socket.socket, set[int]] = {}
     owner: dict[int, socket.socket] = {}
     said = b""
-    parent = os.getppid()
     while True:
-        ready, _, _ = select.select([listener, sys.stdin, wake_r, *clients], [], [], 1.0)
-        if os.getppid() != parent:  # whoever started us is gone, even if a copy of our stdin's pipe lives on
-            return
+        ready, _, _ = select.select([listener, sys.stdin, wake_r, *clients], [], [])
         if sys.stdin in ready:
             got = os.read(sys.stdin.fileno(), 4096)
             if not got:

@@ -94,11 +94,11 @@ def run_task(spec: dict, queue) -> dict:
 
 
 @ray.remote(max_calls=1, max_retries=0)
-def probe_task(device: str, dtypes: list[str], queue=None, token: str | None = None) -> dict:
+def probe_task(device: str, dtypes: list[str], queue=None, slot: int | None = None) -> dict:
     """A device's environment and ceilings, in task mode (one task per device, all at once). It
     says through the queue, first, that it began (the driver's wait line counts the others)."""
     if queue is not None:
-        queue.put(("placed", token, time.time()))
+        queue.put(("placed", slot, time.time()))
     normal_priority()
     import tasks.preload  # noqa: F401
     from tasks import ceilings

@@ -129,6 +129,8 @@ def test_capacity_run_for_real(tmp_path, caplog):
     rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep 'capacity', round ")]
     assert len(rounds) >= 3 and rounds[0].startswith("sweep 'capacity', round 1: 3 cells") and "round 2: " in rounds[1]
     assert set(df[df.backend != "efficient"]["status"]) == {"ok"}
+    trials = df[df.pid.notna()]  # the sweep sets run.cells_per_process=1: each trial in a fresh process
+    assert trials.pid.is_unique and (trials.process_cell == 1).all()
     # the CPU has no efficient kernel: known before any work, one row, never scheduled
     eff = df[df.backend == "efficient"]
     assert len(eff) == 1 and eff.iloc[0]["status"] == "unsupported" and eff.iloc[0]["attempts"] == 0

@@ -1,7 +1,12 @@
 """Run to run and input sets 4 against 1 from sets_fresh_c0410b4_datasets.tgz (unpack it here first):
 a fresh process per cell, four sweeps at once, one per GPU (run 2 of each GPU cut short by the timeout)."""
+import sys
+from pathlib import Path
+
 import pandas as pd
-KEY=["backend","mode","dtype","causal","head_dim","num_heads","batch_size","seq_len"]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from agreement import KEY  # noqa: E402
 def load(p):
     df=pd.read_parquet(p); df=df[df.status=="ok"]
     return df.set_index(KEY)
