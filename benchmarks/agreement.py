@@ -40,7 +40,9 @@ KINDS = {
     "backtoback": ["measure.duty=1"],  # timed calls unpaced, as before measure.duty
     "task": ["run.isolation=task"],
     "reuse": ["run.cells_per_process=0"],  # one process per device, cell after cell (the default, said explicitly)
-    "sets4": ["measure.input_sets=4"],  # calls under 0.2 ms timed over 4 copies of their inputs
+    "sets4": ["measure.input_sets=4"],  # short calls timed over 4 copies of their inputs
+    "sets8": ["measure.input_sets=8"],
+    "sets1": ["measure.input_sets=1"],
     "fresh_sets4": ["run.cells_per_process=1", "measure.input_sets=4"],
     "reuse_sets4": ["run.cells_per_process=0", "measure.input_sets=4"],
 }

@@ -55,7 +55,7 @@ _L2_FLUSH_BYTES = 256 << 20  # larger than any L2 yet (H100: 50 MB), as triton's
 _BATCH_S = 0.01  # timed calls between two checks of the stopping rule, at first
 _HOST_MS = 10.0  # the host-inclusive pass: calls until this long (at least one)
 _BURST_S = 0.02  # paced timing: the longest stretch of timed calls between two rests
-_SETS_BELOW_MS = 0.2  # calls shorter than this (host-inclusive) are timed over measure.input_sets copies
+_SETS_BELOW_MS = 0.05  # calls shorter than this (host-inclusive) are timed over measure.input_sets copies
 _Z95 = 1.96
 
 
