@@ -74,7 +74,7 @@ class MeasureConfig:
     min_iters: int = 3  # ... but never before this many
     max_iters: int = 1000  # and never more than this many
     flush_l2: bool = True
-    input_sets: int = 1  # GPU: a call under 0.2 ms is timed over graphs on this many copies of its inputs
+    input_sets: int = 8  # GPU: a call under 0.05 ms is timed over graphs on this many copies of its inputs
     duty: float = 0.5  # GPU: the share of the timing spent in timed calls, in stretches of <= 20 ms with rests
     #                    between ((1 - duty) / duty times each stretch; 1: back to back)
     memory: bool = True

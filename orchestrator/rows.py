@@ -78,7 +78,7 @@ COLUMNS: list[Column] = [
     Column("iters", I, "timed calls (graph replays or calls)"),
     Column("stop_reason", S, "why timing stopped: precision (median known within measure.precision), budget "
                              "(measure.budget_ms spent), max_iters"),
-    Column("input_sets", I, "copies of the inputs the timed replays took in turn (calls under 0.2 ms: "
+    Column("input_sets", I, "copies of the inputs the timed replays took in turn (calls under 0.05 ms: "
                             "measure.input_sets), else 1"),
     Column("median_ci_pct", F, "half-width of the median's 95% confidence interval, % of the median"),
     Column("median_ms", F, "median time per call, by timing_method (device time for cuda_graph)"),

@@ -16,12 +16,12 @@ Timing on CUDA (``warm``, then ``timed``; ``time_fn`` runs both):
    before each (``timing_method=cuda_graph``): device time, which repeats to about 1%. A call
    that cannot be captured (it syncs, or a compiled backend refuses) is timed as in 2, and the
    row says why (``cuda_events``, ``timing_note``).
-   With ``input_sets`` > 1 (opt-in), a short call (host-inclusive median under
-   ``_SETS_BELOW_MS``) is captured that many times, each graph on its own copy of the inputs,
-   and the replays take the graphs in turn: new input addresses moved an 11 us kernel by up to
-   2.8% inside one process (H100), and each process puts them elsewhere. Measured: four sets
-   did not repeat better across processes (2 x H100, six pairs of sweeps each: max 1.45-4.28%
-   against 1.76-2.27% with one; ``docs/h100x2/sets_5f9e681_gpu*.txt``), so it stays opt-in.
+   A short call (host-inclusive median under ``_SETS_BELOW_MS``) is captured ``input_sets``
+   times (8), each graph on its own copy of the inputs, and the replays take the graphs in
+   turn. Such a call's time moves with where its inputs lie: copies of an 11 us call's inputs in
+   one process read up to 3-4% apart, and each process puts them elsewhere, so one copy's median
+   differed by up to 5% across 8 fresh processes. The median over 8 copies halved that spread
+   (16 processes on 2 x H100; no way of flushing the L2 did: ``docs/h100x2/probe_*.txt``).
 4. Stop when the median is known well enough: its 95% confidence interval (order statistics)
    within ``precision`` of it, or ``budget_ms`` spent, or ``max_iters`` calls; never before
    ``min_iters``. A long call (tens of ms) stops after ``min_iters``; a short one after as many
@@ -72,7 +72,7 @@ class Protocol:
     flush_l2: bool = True
     duty: float = 0.5  # share of the timing's wall time the GPU runs timed calls (1: back to back)
     method: str = "auto"  # auto: graph where it captures; graph; events
-    input_sets: int = 1  # short calls: graphs on this many copies of the inputs, replayed in turn
+    input_sets: int = 8  # short calls: graphs on this many copies of the inputs, replayed in turn
 
     @classmethod
     def of(cls, m: dict) -> Protocol:

@@ -32,7 +32,8 @@ def test_command_line_overrides_reach_the_grid():
 
 def test_a_new_setting_at_its_old_behaviour_keeps_stored_rows_current():
     """measure.input_sets=1 measures as before the setting existed: the key rows are stored
-    under stays what it was (a hash of the other settings); input_sets=4 is another key."""
+    under stays what it was (a hash of the other settings); input_sets=4, or the default 8, is
+    another key (rows of one input set are measured again under run.rerun=changed)."""
     import hashlib
     import json
 
@@ -40,11 +41,13 @@ def test_a_new_setting_at_its_old_behaviour_keeps_stored_rows_current():
 
     from orchestrator.driver import measure_key
 
-    cfg = make_cfg("+sweep=smoke")
+    cfg = make_cfg("+sweep=smoke", "measure.input_sets=1")
     before = {k: v for k, v in OmegaConf.to_container(cfg.measure).items() if k != "input_sets"}
     old = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert measure_key(cfg)[0] == old and "input_sets" not in measure_key(cfg)[1]
     assert measure_key(make_cfg("+sweep=smoke", "measure.input_sets=4"))[0] != old
+    assert make_cfg("+sweep=smoke").measure.input_sets == 8
+    assert measure_key(make_cfg("+sweep=smoke"))[0] != old
 
 
 @pytest.mark.parametrize("module", ["orchestrator", "orchestrator.report"])
