@@ -149,11 +149,12 @@ def test_a_short_call_is_timed_over_copies_of_its_inputs_and_a_long_one_over_its
         short[mode] = run_cell(spec("flash", seq=128, mode=mode, measure=sets4) | {"batch_size": 1})
         row = short[mode]
         assert row["status"] == "ok", row["error"]
-        # the rule is on the host-inclusive median, which is the host's launch speed at this shape: a
-        # backward pass's several launches may pass 0.05 ms on a slow host
-        expect = 4 if row["host_median_ms"] < timing._SETS_BELOW_MS else 1
-        assert row["timing_method"] == "cuda_graph" and row["input_sets"] == expect, \
-            (mode, row["host_median_ms"], row["input_sets"], row["timing_note"])
+        # the rule is on a replay's device time (three replays): a forward and backward may lie near
+        # 0.05 ms, where only the median far from it says which side the three replays fell on
+        assert row["timing_method"] == "cuda_graph" and row["input_sets"] in (1, 4), (mode, row["timing_note"])
+        if abs(row["median_ms"] / timing._SETS_BELOW_MS - 1) > 0.25:
+            expect = 4 if row["median_ms"] < timing._SETS_BELOW_MS else 1
+            assert row["input_sets"] == expect, (mode, row["median_ms"], row["host_median_ms"], row["input_sets"])
     assert short["fwd"]["input_sets"] == 4  # one kernel of about 13 us: under 0.05 ms on any host
     one = run_cell(spec("flash", seq=128, measure=MEASURE | {"input_sets": 1}) | {"batch_size": 1})
     assert one["status"] == "ok" and one["input_sets"] == 1
@@ -162,6 +163,12 @@ def test_a_short_call_is_timed_over_copies_of_its_inputs_and_a_long_one_over_its
     assert abs(one["median_ms"] / short["fwd"]["median_ms"] - 1) < 0.2  # the same kernel either way
     long = run_cell(spec("flash", seq=8192, measure=sets4))
     assert long["timing_method"] == "cuda_graph" and long["input_sets"] == 1
+    # a launch-bound call (eager: four kernels, each launched from Python): its host-inclusive time
+    # is the host's speed (0.03-0.12 ms from run to run on an H100 host), its device time decides
+    eager = run_cell(spec("eager", seq=256, measure=sets4) | {"batch_size": 1})
+    assert eager["status"] == "ok", eager["error"]
+    if eager["median_ms"] < 0.75 * timing._SETS_BELOW_MS:  # about 26 us on an H100
+        assert eager["input_sets"] == 4, (eager["host_median_ms"], eager["median_ms"], eager["timing_note"])
 
 
 def test_a_call_that_cannot_be_captured_falls_back_to_events_and_says_why():
