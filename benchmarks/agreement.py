@@ -41,8 +41,9 @@ KINDS = {
     "task": ["run.isolation=task"],
     "reuse": ["run.cells_per_process=0"],  # one process per device, cell after cell (the default, said explicitly)
     "sets4": ["measure.input_sets=4"],  # short calls timed over 4 copies of their inputs
-    "sets8": ["measure.input_sets=8"],
-    "sets1": ["measure.input_sets=1"],
+    "sets8": ["measure.input_sets=8"],  # the default, said explicitly
+    "sets1": ["measure.input_sets=1"],  # every call timed on its own inputs alone (the default before 2026-11-27)
+    "fresh_sets1": ["run.cells_per_process=1", "measure.input_sets=1"],
     "fresh_sets4": ["run.cells_per_process=1", "measure.input_sets=4"],
     "reuse_sets4": ["run.cells_per_process=0", "measure.input_sets=4"],
 }

@@ -12,10 +12,9 @@
 # drivercalls: docs/h200x2/probe_driver_calls.py: a measuring cell's own driver calls while others start
 # reuse:     one process per device (run.cells_per_process=0): inprocess.py on 1 and 2 GPUs with both
 #            settings, agreement.py run to run, and the steps of a reused process (probe_reuse.py)
-# sets:      measure.input_sets=4 against 1 (the default), one process per device: agreement.py with the two
+# sets:      measure.input_sets=8 (the default) against 1, one process per device: agreement.py with the two
 #            interleaved, three runs each, on each GPU at once (run to run stays on one GPU)
-# sets_fresh: measure.input_sets=4 against 1 with a fresh process per cell (the default): agreement.py on each
-#            GPU at once, even GPUs new,sets4,new and odd ones sets4,new,sets4 (run to run stays on one GPU)
+# sets_fresh: the same with a fresh process per cell: even GPUs 8,1,8 input sets and odd ones 1,8,1
 # scale:     inprocess.py with the sweep on 1, 2 and every GPU (GPUS=1,2,4), both run.cells_per_process settings
 # Logs land in $OUT; datasets and run folders in $OUT/results.tgz.
 set -uo pipefail
@@ -82,13 +81,12 @@ per_gpu() {
   grep -h -e "cells in" -e "run to run" "$OUT"/$1_gpu*.txt
 }
 if want sets; then
-  step "sets: input_sets 4 against 1, one process per device, interleaved, on each GPU at once"
-  runs=reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1,reuse:1,reuse_sets4:1
-  per_gpu sets $runs $runs
+  step "sets: input_sets 8 (the default) against 1, one process per device, interleaved, on each GPU at once"
+  per_gpu sets sets1:1,sets8:1,sets1:1,sets8:1,sets1:1,sets8:1 sets8:1,sets1:1,sets8:1,sets1:1,sets8:1,sets1:1
 fi
 if want sets_fresh; then
-  step "sets_fresh: input_sets 4 against 1, a fresh process per cell, on each GPU at once"
-  per_gpu sets_fresh fresh:1,fresh_sets4:1,fresh:1 fresh_sets4:1,fresh:1,fresh_sets4:1
+  step "sets_fresh: input_sets 8 against 1, a fresh process per cell, on each GPU at once"
+  per_gpu sets_fresh fresh:1,fresh_sets1:1,fresh:1 fresh_sets1:1,fresh:1,fresh_sets1:1
 fi
 if want scale; then
   step "scale: the sweep on ${GPUS:=1,2,4} GPUs, a fresh process per cell and one process per device"
