@@ -17,8 +17,8 @@ Timing on CUDA (``warm``, then ``timed``; ``time_fn`` runs both):
    that cannot be captured (it syncs, or a compiled backend refuses) is timed as in 2, and the
    row says why (``cuda_events``, ``timing_note``).
    A short call (a replay's device time under ``_SETS_BELOW_MS``, from three replays) is
-   captured ``input_sets`` times (8), each graph on its own copy of the inputs, and the replays take the graphs in
-   turn. Such a call's time moves with where its inputs lie: copies of an 11 us call's inputs in
+   captured ``input_sets`` times (8), each graph on its own copy of the inputs, and the replays
+   take the graphs in turn. Such a call's time moves with where its inputs lie: copies of an 11 us call's inputs in
    one process read up to 3-4% apart, and each process puts them elsewhere, so one copy's median
    differed by up to 5% across 8 fresh processes. The median over 8 copies halved that spread
    (16 processes on 2 x H100; no way of flushing the L2 did: ``docs/h100x2/probe_*.txt``).
@@ -56,7 +56,7 @@ _BATCH_S = 0.01  # timed calls between two checks of the stopping rule, at first
 _HOST_MS = 10.0  # the host-inclusive pass: calls until this long (at least one)
 _BURST_S = 0.02  # paced timing: the longest stretch of timed calls between two rests
 _SETS_BELOW_MS = 0.05  # calls shorter than this (device time) are timed over measure.input_sets copies
-_SETS_MAYBE_MS = 1.0  # ... looked for among calls shorter than this host-inclusive (a launch-bound call's host time is longer)
+_SETS_MAYBE_MS = 1.0  # ... looked for among calls under this host-inclusive (a launch-bound call's is the host's)
 _Z95 = 1.96
 
 

@@ -218,8 +218,8 @@ def test_ceilings_and_shares_are_plausible():
 
 def test_a_gpu_sweep_pipelines_cells_and_keeps_their_memory_apart(tmp_path):
     """run.cells_per_process=1, a fresh process per cell, with two cell processes started ahead
-    (their CUDA contexts up while a cell measures): every row is timed by graph replay, measured windows never overlap, and NVML's
-    device readings leave the waiting processes' contexts out."""
+    (their CUDA contexts up while a cell measures): every row is timed by graph replay, measured
+    windows never overlap, and NVML's device readings leave the waiting processes' contexts out."""
     import pandas as pd
     from conftest import ensure_ray, make_cfg
 
