@@ -18,10 +18,11 @@ Timing on CUDA (``warm``, then ``timed``; ``time_fn`` runs both):
    row says why (``cuda_events``, ``timing_note``).
    A short call (a replay's device time under ``_SETS_BELOW_MS``, from three replays) is
    captured ``input_sets`` times (8), each graph on its own copy of the inputs, and the replays
-   take the graphs in turn. Such a call's time moves with where its inputs lie: copies of an 11 us call's inputs in
-   one process read up to 3-4% apart, and each process puts them elsewhere, so one copy's median
-   differed by up to 5% across 8 fresh processes. The median over 8 copies halved that spread
-   (16 processes on 2 x H100; no way of flushing the L2 did: ``docs/h100x2/probe_*.txt``).
+   take the graphs in turn. Such a call's time moves with where its inputs lie: copies of an
+   11 us call's inputs in one process read up to 3-4% apart, and each process puts them
+   elsewhere, so one copy's median differed by up to 5% across 8 fresh processes; the mean over
+   8 copies cut that by a third to a half (16 processes on 2 x H100; no way of flushing the L2
+   did: ``docs/h100x2/probe_*.txt``).
 4. Stop when the median is known well enough: its 95% confidence interval (order statistics)
    within ``precision`` of it, or ``budget_ms`` spent, or ``max_iters`` calls; never before
    ``min_iters``. A long call (tens of ms) stops after ``min_iters``; a short one after as many

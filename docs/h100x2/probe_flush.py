@@ -80,31 +80,49 @@ def spread(v):
     return (max(v) - min(v)) / min(v) * 100
 
 
-def main():
+def args():
+    """The probes' command line: N processes, the GPU, replays per batch."""
     ap = argparse.ArgumentParser()
     ap.add_argument("n", nargs="?", type=int, default=8)
     ap.add_argument("--gpu", type=int, default=0)
     ap.add_argument("--replays", type=int, default=150)
-    a = ap.parse_args()
-    res = []  # (process, record)
-    for proc in range(a.n):
-        out = subprocess.run([sys.executable, "-c", CHILD, str(a.gpu), str(a.replays), json.dumps(WAYS), json.dumps(CELLS),
-                              str(COPIES)], capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()})
+    return ap.parse_args()
+
+
+def children(n: int, code: str, *argv) -> list[tuple[int, dict]]:
+    """code in n fresh processes, one after another: the JSON lines each printed, as (process, record);
+    the first one that fails ends the probe with its stderr."""
+    res = []
+    for proc in range(n):
+        out = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                             env=os.environ | {"PYTHONPATH": os.getcwd()})
         if out.returncode:
             print(out.stderr[-3000:])
             sys.exit(1)
         res += [(proc, json.loads(line)) for line in out.stdout.splitlines() if line.startswith("{")]
         print(f"process {proc} done", file=sys.stderr, flush=True)
+    return res
+
+
+def per_process(res, cell: str, way: str) -> dict[int, dict[int, float]]:
+    """{process: {copy: median in us}} of one cell timed one way."""
+    per = {}
+    for proc, r in res:
+        if r["cell"] == cell and r["way"] == way:
+            per.setdefault(proc, {})[r["copy"]] = r["median"] * 1e3
+    return per
+
+
+def main():
+    a = args()
+    res = children(a.n, CHILD, a.gpu, a.replays, json.dumps(WAYS), json.dumps(CELLS), COPIES)
     print(f"# {a.n} processes on GPU {a.gpu}, {3 * a.replays} replays per way and copy; medians in us")
     print(f"{'cell':18s} {'way':10s} {'first copy, each process':>60s}  over processes: first copy / mean of {COPIES} copies;"
           " within a process: copies (median)")
     for backend, b, s in CELLS:
         cell = f"{backend} b{b} s{s}"
         for w in WAYS:
-            per = {}
-            for proc, r in res:
-                if r["cell"] == cell and r["way"] == w:
-                    per.setdefault(proc, {})[r["copy"]] = r["median"] * 1e3
+            per = per_process(res, cell, w)
             first = [per[p][0] for p in sorted(per)]
             means = [statistics.fmean(per[p].values()) for p in sorted(per)]
             within = statistics.median(spread(list(per[p].values())) for p in per)

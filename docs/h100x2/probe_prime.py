@@ -9,12 +9,13 @@ and three copies of the inputs helped little. Two more candidates, in N fresh pr
            process's own state (the kernels' code lies where the process loaded it) sets the
            cold call's time, priming removes it.
 Usage: python docs/h100x2/probe_prime.py [N] [--gpu G] [--replays R]"""
-import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from probe_flush import args, children, per_process, spread  # noqa: E402
 
 CELLS = [("efficient", 1, 128), ("cudnn", 1, 128), ("flash", 1, 128), ("flash", 1, 256), ("efficient", 1, 256),
          ("cudnn", 8, 256), ("flash", 1, 1024)]
@@ -77,35 +78,16 @@ for backend, b, s in cells:
 """
 
 
-def spread(v):
-    return (max(v) - min(v)) / min(v) * 100
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("n", nargs="?", type=int, default=8)
-    ap.add_argument("--gpu", type=int, default=0)
-    ap.add_argument("--replays", type=int, default=150)
-    a = ap.parse_args()
-    res = []
-    for proc in range(a.n):
-        out = subprocess.run([sys.executable, "-c", CHILD, str(a.gpu), str(a.replays), json.dumps(CELLS), str(ADJ), str(SPREAD)],
-                             capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()})
-        if out.returncode:
-            print(out.stderr[-3000:])
-            sys.exit(1)
-        res += [(proc, json.loads(line)) for line in out.stdout.splitlines() if line.startswith("{")]
-        print(f"process {proc} done", file=sys.stderr, flush=True)
+    a = args()
+    res = children(a.n, CHILD, a.gpu, a.replays, json.dumps(CELLS), ADJ, SPREAD)
     print(f"# {a.n} processes on GPU {a.gpu}, {3 * a.replays} replays per way and copy; medians in us")
     print(f"# spread over processes of: the first copy | the mean of {ADJ} adjacent copies | the mean of {SPREAD} spread"
           f" copies | the mean of all {ADJ + SPREAD}; then the median spread between copies within a process")
     for backend, b, s in CELLS:
         cell = f"{backend} b{b} s{s}"
         for w in WAYS:
-            per = {}
-            for proc, r in res:
-                if r["cell"] == cell and r["way"] == w:
-                    per.setdefault(proc, {})[r["copy"]] = r["median"] * 1e3
+            per = per_process(res, cell, w)
             procs = sorted(per)
             first = [per[p][0] for p in procs]
             adj = [statistics.fmean(per[p][c] for c in range(ADJ)) for p in procs]
